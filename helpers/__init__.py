@@ -1,0 +1,47 @@
+"""Helpers for the SD3.5 notebook series: setup, model loading, the offline stand-in, images and tables.
+
+Each module is about one idea and names the notebook that introduces it. The names below are importable
+directly (`from helpers import setup, load_pipeline`); modules load on first use, so importing `helpers`
+itself is instant and only the parts a notebook uses pay for torch and diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "setup": "session",
+    "Session": "session",
+    "MODELS": "models",
+    "ModelSpec": "models",
+    "get_model": "models",
+    "UnknownModelError": "models",
+    "load_pipeline": "loading",
+    "TASKS": "loading",
+    "placement": "loading",
+    "ModelAccessError": "access",
+    "MissingTokenError": "access",
+    "InvalidTokenError": "access",
+    "LicenceNotAcceptedError": "access",
+    "HubUnreachableError": "access",
+    "component_sizes": "architecture",
+    "pipeline_sizes": "architecture",
+    "save_image": "images",
+    "read_metadata": "images",
+    "image_grid": "images",
+    "Table": "display",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'helpers' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"helpers.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

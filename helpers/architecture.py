@@ -1,0 +1,138 @@
+"""The parts of an SD3.5 pipeline and their sizes: the full-size models built from their published configs.
+
+Introduced in notebook 01. The configs in helpers/configs/ are the `config.json` files published with
+stabilityai/stable-diffusion-3.5-large (also Large Turbo) and -medium. Built on PyTorch's `meta` device, a model
+has every parameter's shape but no data, so exact counts of an 8B-parameter model take a fraction of a second and
+no download.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from helpers.models import get_model
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+# Pipeline attribute -> (config file, what it is). The transformer's file depends on the model.
+COMPONENTS: dict[str, tuple[str | None, str]] = {
+    "transformer": (None, "MMDiT: denoises the latent image, step by step"),
+    "text_encoder": ("text_encoder-clip-l", "CLIP ViT-L/14 text tower: prompt embedding and pooled vector"),
+    "text_encoder_2": ("text_encoder_2-clip-g", "OpenCLIP bigG/14 text tower: prompt embedding and pooled vector"),
+    "text_encoder_3": ("text_encoder_3-t5xxl", "T5 v1.1 XXL encoder: the long, detailed prompt embedding"),
+    "vae": ("vae", "autoencoder: turns the 16-channel latent into pixels (and back)"),
+}
+
+
+@dataclass(frozen=True)
+class ComponentSize:
+    """One part of a pipeline: what it is and how many numbers it holds."""
+
+    component: str
+    class_name: str
+    parameters: int
+    buffers: int
+    bytes_per_value: float
+    role: str = ""
+
+    @property
+    def values(self) -> int:
+        """Parameters plus persistent buffers (the transformer's positional embedding is a buffer)."""
+        return self.parameters + self.buffers
+
+    @property
+    def gigabytes(self) -> float:
+        """Memory the weights take, in GB (10^9 bytes)."""
+        return self.values * self.bytes_per_value / 1e9
+
+    def row(self) -> dict[str, Any]:
+        """A table row for display."""
+        return {
+            "component": self.component,
+            "class": self.class_name,
+            "parameters": f"{self.parameters:,}",
+            "buffers": f"{self.buffers:,}",
+            "weights (GB)": f"{self.gigabytes:.2f}",
+            "role": self.role,
+        }
+
+
+def reference_config(name: str) -> dict[str, Any]:
+    """One published config from helpers/configs/ (e.g. 'transformer-large', 'vae')."""
+    return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+
+
+def build_component(model: str, component: str, *, device: str = "meta", dtype=None):
+    """The full-size `component` of `model` ('large', 'large-turbo', 'medium') with uninitialised weights.
+
+    On 'meta' it holds shapes only. On a GPU it allocates real (random) memory, for timing runs.
+    """
+    import torch
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    spec = get_model(model)
+    if spec.transformer_config is None:
+        raise ValueError(f"model={model!r} has no full-size architecture; use 'large', 'large-turbo' or 'medium'.")
+    if component not in COMPONENTS:
+        raise ValueError(f"component={component!r} is not a pipeline part; use one of: {', '.join(COMPONENTS)}.")
+    config = reference_config(COMPONENTS[component][0] or spec.transformer_config)
+    config.pop("architectures", None)
+    previous_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous_dtype)  # create the weights in `dtype` directly, no float32 copy
+    try:
+        with torch.device(device):
+            if component == "transformer":
+                return SD3Transformer2DModel.from_config(config)
+            if component == "vae":
+                return AutoencoderKL.from_config(config)
+            if component == "text_encoder_3":
+                return T5EncoderModel(T5Config(**config))
+            return CLIPTextModelWithProjection(CLIPTextConfig(**config))
+    finally:
+        torch.set_default_dtype(previous_dtype)
+
+
+def measure_module(component: str, module, role: str = "", *, dtype=None) -> ComponentSize:
+    """Count a module's parameters and persistent buffers (shared tensors once), as its checkpoint stores them.
+
+    Bytes are those of the tensors as they are, or, with `dtype`, as they would be once loaded in that dtype.
+    """
+    persistent = set(module.state_dict(keep_vars=True))
+    buffers = [buffer for name, buffer in module.named_buffers() if name in persistent]
+    parameters = list(module.parameters())
+    tensors = parameters + buffers
+    total_values = sum(t.numel() for t in tensors)
+    total_bytes = total_values * dtype.itemsize if dtype else sum(t.numel() * t.element_size() for t in tensors)
+    return ComponentSize(
+        component=component,
+        class_name=type(module).__name__,
+        parameters=sum(p.numel() for p in parameters),
+        buffers=sum(b.numel() for b in buffers),
+        bytes_per_value=total_bytes / total_values if total_values else 0.0,
+        role=role,
+    )
+
+
+@lru_cache(maxsize=None)
+def component_sizes(model: str) -> tuple[ComponentSize, ...]:
+    """Exact sizes of the full-size parts of `model`, with weights in bf16 (the checkpoints' format)."""
+    import torch
+
+    return tuple(
+        measure_module(component, build_component(model, component), role, dtype=torch.bfloat16)
+        for component, (_, role) in COMPONENTS.items()
+    )
+
+
+def pipeline_sizes(pipe) -> tuple[ComponentSize, ...]:
+    """Sizes of the parts of a loaded pipeline, in the dtype it was loaded in."""
+    return tuple(
+        measure_module(component, getattr(pipe, component), role)
+        for component, (_, role) in COMPONENTS.items()
+        if getattr(pipe, component, None) is not None
+    )

@@ -1,0 +1,146 @@
+"""Saving generated images with the settings that made them, and labelled grids for comparing images.
+
+Introduced in notebook 01; grids are used by every later notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+OUTPUT_VARIABLE = "SD35_OUTPUT_DIR"
+METADATA_KEY = "sd35-notebooks"
+REQUIRED_SETTINGS = ("model", "prompt", "seed", "num_inference_steps", "guidance_scale")
+
+
+def output_dir() -> Path:
+    """Where notebooks save images: $SD35_OUTPUT_DIR, else outputs/ in the project (or the working folder)."""
+    configured = os.environ.get(OUTPUT_VARIABLE)
+    if configured:
+        return Path(configured).expanduser()
+    project = Path(__file__).resolve().parent.parent
+    return (project if (project / "pyproject.toml").is_file() else Path.cwd()) / "outputs"
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "image"
+
+
+def save_image(
+    image: Image.Image,
+    *,
+    model: str,
+    prompt: str,
+    seed: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    negative_prompt: str | None = None,
+    folder: str | Path | None = None,
+    **settings: Any,
+) -> Path:
+    """Save `image` as a PNG that records how it was made; return its path.
+
+    The prompt, negative prompt, model, seed, steps, guidance scale and size are stored in the PNG's metadata
+    (read them back with `read_metadata`), with any other pipeline settings passed, such as `height` or the
+    skip-layer guidance settings. An existing file is never overwritten: the name gets -2, -3, ... instead.
+    A file appears complete or not at all.
+    """
+    record = {
+        "model": model,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt or "",
+        "seed": seed,
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        **settings,
+        "width": image.width,
+        "height": image.height,
+    }
+    for name in ("height", "width"):
+        if name in settings and settings[name] != record[name]:
+            raise ValueError(f"{name}={settings[name]} does not match the image, which is {record[name]} pixels.")
+    try:
+        text = json.dumps(record)
+    except TypeError as error:
+        raise TypeError(f"save_image: every setting must be a plain number, string or list ({error}).") from None
+
+    folder = Path(folder) if folder is not None else output_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(METADATA_KEY, text)
+    info.add_text("Description", prompt)
+
+    handle, staging = tempfile.mkstemp(suffix=".png", prefix=".saving-", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            image.save(file, format="PNG", pnginfo=info)
+        stem = f"{_slug(model)}-{_slug(prompt)}-seed{seed}"
+        for attempt in range(1, 10_000):
+            path = folder / (f"{stem}.png" if attempt == 1 else f"{stem}-{attempt}.png")
+            try:
+                os.link(staging, path)  # atomic, and fails rather than replace an existing file
+                return path
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"{folder} already holds 9,999 images named {stem}*.png; choose another folder.")
+    finally:
+        os.unlink(staging)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The generation settings stored in a PNG by `save_image`."""
+    with Image.open(path) as image:
+        text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
+    if text is None:
+        raise ValueError(f"{path} holds no generation settings: it was not saved by helpers.save_image.")
+    return json.loads(text)
+
+
+def image_grid(
+    images: Sequence[Image.Image] | Sequence[Sequence[Image.Image]],
+    *,
+    column_labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    cell_inches: float = 3.0,
+):
+    """A matplotlib figure of images in a grid with labelled rows and columns; a flat list makes one row.
+
+    Returned, not shown: it displays when it is the last line of a cell, and `figure.savefig(path)` saves it.
+    """
+    from matplotlib.figure import Figure
+
+    rows = [list(images)] if images and isinstance(images[0], Image.Image) else [list(row) for row in images]
+    if not rows or not rows[0]:
+        raise ValueError("images is empty: give at least one image.")
+    columns = max(len(row) for row in rows)
+    for name, labels, expected in (("column_labels", column_labels, columns), ("row_labels", row_labels, len(rows))):
+        if labels is not None and len(labels) != expected:
+            raise ValueError(f"{name} has {len(labels)} labels for {expected} {name.split('_')[0]}s.")
+
+    figure = Figure(figsize=(cell_inches * columns, cell_inches * len(rows) + (0.4 if title else 0)))
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(columns):
+            axis = axes[r][c]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if c < len(row):
+                axis.imshow(row[c])
+            else:
+                axis.set_axis_off()
+            if column_labels is not None and r == 0:
+                axis.set_title(column_labels[c], fontsize=10)
+            if row_labels is not None and c == 0:
+                axis.set_ylabel(row_labels[r], fontsize=10)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure

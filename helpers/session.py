@@ -1,0 +1,184 @@
+"""`setup()`: the one setup call at the top of every notebook.
+
+Introduced in notebook 01. It picks the model (from SD35_MODEL and the GPU), the device and dtype, seeds every
+random generator, and prints one short report: versions, GPU, whether a Hugging Face token is present (never
+its value), and what to do when something is missing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from helpers.access import has_token
+from helpers.images import output_dir
+from helpers.loading import default_device, default_dtype, gpu_memory_gb, placement
+from helpers.models import AUTO, MODEL_VARIABLE, MODELS, ModelSpec, get_model, model_setting
+
+if TYPE_CHECKING:
+    import torch
+
+NO_GPU_BANNER = (
+    "No GPU found: running the tiny offline stand-in; its images are noise. Every cell runs the same diffusers "
+    "code as on a GPU, so you can follow along. For real images, open this notebook on a GPU machine (Colab, "
+    "SageMaker) with a Hugging Face token."
+)
+REPORTED_PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "accelerate")
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    memory_gb: float
+    native_bf16: bool
+
+
+@dataclass(frozen=True)
+class Session:
+    """What `setup()` decided; later cells read the model, device and dtype from here."""
+
+    models: tuple[ModelSpec, ...]
+    device: str
+    dtype: torch.dtype
+    seed: int
+    gpu: GpuInfo | None
+    token_present: bool
+    output_dir: Path
+    versions: dict[str, str]
+    notes: tuple[str, ...]
+
+    @property
+    def model(self) -> ModelSpec:
+        """The model this notebook runs (the first of `models`)."""
+        return self.models[0]
+
+    def report(self) -> str:
+        """The setup report as text."""
+        gpu = "none" if self.gpu is None else f"{self.gpu.name}, {self.gpu.memory_gb:.1f} GB"
+        token = "found (value not shown)" if self.token_present else "not found"
+        lines = [
+            f"model      {', '.join(spec.title for spec in self.models)}",
+            f"device     {self.device}, {str(self.dtype).removeprefix('torch.')}",
+            f"GPU        {gpu}",
+            f"HF token   {token}",
+            f"versions   {', '.join(f'{name} {version}' for name, version in self.versions.items())}",
+            f"outputs    {self.output_dir}",
+            f"seed       {self.seed}",
+        ]
+        return "\n".join(lines + [""] + list(self.notes)).rstrip()
+
+
+def _gpu() -> GpuInfo | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return GpuInfo(
+        name=torch.cuda.get_device_name(0),
+        memory_gb=gpu_memory_gb("cuda") or 0.0,
+        native_bf16=torch.cuda.is_bf16_supported(including_emulation=False),
+    )
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in REPORTED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _choose_models(
+    about: tuple[ModelSpec, ...], setting: str, gpu: GpuInfo | None
+) -> tuple[tuple[ModelSpec, ...], list[str]]:
+    """The models to run and the notes explaining the choice."""
+    if setting != AUTO:
+        chosen = get_model(setting)
+        notes = [f"{MODEL_VARIABLE}={setting}: every model of this notebook is played by {chosen.title}."]
+        if chosen.is_stand_in:
+            notes.append("The stand-in's images are noise: it shows the code paths, not image quality.")
+        elif gpu is None:
+            notes.append(
+                f"No GPU found: {chosen.title} will be very slow on a CPU and needs over 30 GB of memory. "
+                f"Set {MODEL_VARIABLE}=tiny (or leave it unset) to run the offline stand-in."
+            )
+        return (chosen,), notes
+    if gpu is None:
+        return (MODELS["tiny"],), [NO_GPU_BANNER]
+
+    fitting, notes = [], []
+    for spec in about:
+        where = placement(spec, gpu.memory_gb)
+        if where is None:
+            notes.append(f"{spec.title} does not fit on this {gpu.memory_gb:.1f} GB GPU in bf16; skipped here.")
+        else:
+            fitting.append(spec)
+            if where == "model-offload":
+                notes.append(
+                    f"{spec.title} fits on this GPU only with model CPU offload (one part on the GPU at a time): "
+                    "slower, and load_pipeline turns it on for you."
+                )
+    if not fitting:
+        fallback = MODELS["medium"] if placement(MODELS["medium"], gpu.memory_gb) else MODELS["tiny"]
+        fitting = [fallback]
+        notes.append(f"Running {fallback.title} instead. Set {MODEL_VARIABLE} to choose another model.")
+    return tuple(fitting), notes
+
+
+def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool = True) -> Session:
+    """Prepare a notebook: choose model, device and dtype; seed Python, NumPy and torch; print a short report.
+
+    `about` names the model(s) the notebook is about. With SD35_MODEL unset or 'auto', a machine with a CUDA
+    GPU runs those that fit its memory, and a machine without one runs the tiny offline stand-in. Any other
+    SD35_MODEL value runs that model everywhere. A bad value raises before anything loads.
+    """
+    import numpy
+    import torch
+
+    setting = model_setting()
+    about_specs = tuple(get_model(name) for name in ([about] if isinstance(about, str) else about))
+    if not about_specs:
+        raise ValueError("about is empty: name the model(s) this notebook is about, e.g. about='large'.")
+
+    gpu = _gpu()
+    models, notes = _choose_models(about_specs, setting, gpu)
+    device = default_device()
+    dtype = default_dtype(device)
+    token_present = has_token()
+
+    if gpu is not None and not gpu.native_bf16:
+        notes.append(
+            f"The {gpu.name} has no native bf16: PyTorch emulates it, so images are right but slower. "
+            "Do not switch to float16: SD3.5 then gives black images (T5 and the VAE overflow)."
+        )
+    gated = [spec for spec in models if not spec.is_stand_in]
+    if gated and not token_present:
+        notes.append(
+            f"No Hugging Face token found: loading {gated[0].title} will stop and explain how to get one "
+            f"(accept the licence at {gated[0].page_url}, then set HF_TOKEN or run notebook_login())."
+        )
+
+    random.seed(seed)
+    numpy.random.seed(seed)
+    torch.manual_seed(seed)
+
+    session = Session(
+        models=models,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        gpu=gpu,
+        token_present=token_present,
+        output_dir=output_dir(),
+        versions=_versions(),
+        notes=tuple(notes),
+    )
+    if verbose:
+        print(session.report())
+    return session

@@ -1,0 +1,137 @@
+"""setup(): model choice, report and seeding; load_pipeline's checks; exact sizes of the real architectures."""
+
+import pytest
+import torch
+
+from helpers.architecture import component_sizes, pipeline_sizes
+from helpers.loading import load_pipeline, placement
+from helpers.models import MODELS, UnknownModelError
+from helpers.session import NO_GPU_BANNER, GpuInfo, _choose_models, setup
+
+ABOUT_ALL = (MODELS["large"], MODELS["large-turbo"], MODELS["medium"])
+
+
+def gpu(memory_gb: float, native_bf16: bool = True) -> GpuInfo:
+    return GpuInfo(name="test GPU", memory_gb=memory_gb, native_bf16=native_bf16)
+
+
+def test_setup_on_this_machine_runs_the_stand_in(capsys):
+    run = setup(about=("large", "medium"))
+    report = capsys.readouterr().out
+    assert run.model is MODELS["tiny"] and run.models == (MODELS["tiny"],)
+    assert run.device == "cpu" and run.dtype == torch.float32
+    assert "Tiny offline stand-in" in report and "HF token   not found" in report
+    assert "diffusers" in report
+
+
+def test_setup_never_shows_the_token(monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", "hf_SecretValueThatMustNotPrint")
+    run = setup(about="large")
+    assert run.token_present
+    assert "hf_SecretValueThatMustNotPrint" not in capsys.readouterr().out + repr(run)
+
+
+def test_setup_seeds_torch():
+    setup(about="large", seed=11, verbose=False)
+    first = torch.rand(3)
+    setup(about="large", seed=11, verbose=False)
+    assert torch.equal(first, torch.rand(3))
+
+
+def test_setup_rejects_a_bad_model_setting_before_anything_else(monkeypatch):
+    monkeypatch.setenv("SD35_MODEL", "sdxl")
+    with pytest.raises(UnknownModelError, match="SD35_MODEL='sdxl'"):
+        setup(about="large")
+
+
+def test_setup_rejects_an_unknown_notebook_model():
+    with pytest.raises(UnknownModelError, match="'larger'"):
+        setup(about="larger")
+
+
+def test_auto_without_gpu_runs_the_stand_in_with_the_banner():
+    models, notes = _choose_models(ABOUT_ALL, "auto", None)
+    assert models == (MODELS["tiny"],)
+    assert notes == [NO_GPU_BANNER]
+    assert NO_GPU_BANNER.startswith("No GPU found: running the tiny offline stand-in; its images are noise.")
+
+
+def test_auto_on_an_80_gb_gpu_runs_every_model_the_notebook_is_about():
+    models, notes = _choose_models(ABOUT_ALL, "auto", gpu(80))
+    assert models == ABOUT_ALL and notes == []
+
+
+def test_auto_on_a_16_gb_gpu_skips_large_and_offloads_medium():
+    models, notes = _choose_models(ABOUT_ALL, "auto", gpu(15.8))
+    assert models == (MODELS["medium"],)
+    assert any("SD3.5 Large does not fit" in note for note in notes)
+    assert any("SD3.5 Medium fits on this GPU only with model CPU offload" in note for note in notes)
+
+
+def test_auto_falls_back_to_medium_when_nothing_the_notebook_wants_fits():
+    models, notes = _choose_models((MODELS["large"],), "auto", gpu(15.8))
+    assert models == (MODELS["medium"],)
+    assert "Running SD3.5 Medium instead" in notes[-1]
+
+
+def test_an_explicit_setting_wins_over_the_notebook():
+    models, _ = _choose_models(ABOUT_ALL, "medium", gpu(80))
+    assert models == (MODELS["medium"],)
+
+
+@pytest.mark.parametrize(
+    ("model", "memory_gb", "expected"),
+    [
+        ("large", 80, "gpu"),
+        ("large", 40, "gpu"),
+        ("large", 24, "model-offload"),
+        ("large", 15.8, None),
+        ("medium", 24, "gpu"),
+        ("medium", 15.8, "model-offload"),
+        ("tiny", 1, "gpu"),
+    ],
+)
+def test_placement_by_gpu_memory(model, memory_gb, expected):
+    assert placement(model, memory_gb) == expected
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"model": "xl"}, "model='xl'"),
+        ({"model": "tiny", "task": "text2img"}, "task='text2img' is not a task of this series"),
+        ({"model": "tiny", "offload": "sequential"}, "offload='sequential' is not supported"),
+        ({"model": "tiny", "offload": "model"}, "offload='model' needs a CUDA GPU"),
+    ],
+)
+def test_load_pipeline_rejects_bad_input_by_name(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        load_pipeline(**arguments)
+
+
+# Parameter counts of the published checkpoints: CLIP-L 123.65M, OpenCLIP bigG 694.66M, T5-XXL encoder 4.76B,
+# SD3 VAE 83.82M; transformer weights plus the positional-embedding buffer (pos_embed_max_size^2 x hidden size).
+@pytest.mark.parametrize(
+    ("model", "transformer_parameters", "position_buffer"),
+    [
+        ("large", 8_056_627_520, 192 * 192 * 38 * 64),
+        ("large-turbo", 8_056_627_520, 192 * 192 * 38 * 64),
+        ("medium", 2_243_171_520, 384 * 384 * 24 * 64),
+    ],
+)
+def test_full_size_component_counts(model, transformer_parameters, position_buffer):
+    sizes = {part.component: part for part in component_sizes(model)}
+    assert (sizes["transformer"].parameters, sizes["transformer"].buffers) == (transformer_parameters, position_buffer)
+    assert sizes["text_encoder"].parameters == 123_650_304
+    assert sizes["text_encoder_2"].parameters == 694_659_840
+    assert sizes["text_encoder_3"].parameters == 4_762_310_656
+    assert sizes["vae"].parameters == 83_819_683
+    assert all(part.bytes_per_value == 2 for part in sizes.values())  # bf16
+
+
+def test_loaded_pipeline_sizes_count_every_part():
+    pipe = load_pipeline("tiny")
+    sizes = {part.component: part for part in pipeline_sizes(pipe)}
+    assert set(sizes) == {"transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"}
+    assert sizes["vae"].parameters == sum(p.numel() for p in pipe.vae.parameters())
+    assert sizes["transformer"].bytes_per_value == 4  # float32 on the CPU

@@ -56,7 +56,7 @@ class ComponentSize:
             "class": self.class_name,
             "parameters": f"{self.parameters:,}",
             "buffers": f"{self.buffers:,}",
-            "weights (GB)": f"{self.gigabytes:.2f}",
+            "weights": f"{self.gigabytes:.2f} GB" if self.gigabytes >= 0.01 else f"{self.gigabytes * 1e3:.2f} MB",
             "role": self.role,
         }
 

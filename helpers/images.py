@@ -115,7 +115,7 @@ def image_grid(
 
     Returned, not shown: it displays when it is the last line of a cell, and `figure.savefig(path)` saves it.
     """
-    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt
 
     rows = [list(images)] if images and isinstance(images[0], Image.Image) else [list(row) for row in images]
     if not rows or not rows[0]:
@@ -125,8 +125,10 @@ def image_grid(
         if labels is not None and len(labels) != expected:
             raise ValueError(f"{name} has {len(labels)} labels for {expected} {name.split('_')[0]}s.")
 
-    figure = Figure(figsize=(cell_inches * columns, cell_inches * len(rows) + (0.4 if title else 0)))
-    axes = figure.subplots(len(rows), columns, squeeze=False)
+    figure, axes = plt.subplots(
+        len(rows), columns, squeeze=False, figsize=(cell_inches * columns, cell_inches * len(rows) + (0.4 if title else 0))
+    )
+    plt.close(figure)  # shown once, by the notebook displaying the returned figure, not again by pyplot
     for r, row in enumerate(rows):
         for c in range(columns):
             axis = axes[r][c]

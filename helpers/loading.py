@@ -6,6 +6,7 @@ Introduced in notebook 01. `load_pipeline` returns a plain diffusers pipeline; n
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import TYPE_CHECKING
 
@@ -75,9 +76,18 @@ def placement(model: str | ModelSpec, memory_gb: float) -> str | None:
     return None
 
 
+def _without_torchvision_notice(record: logging.LogRecord) -> bool:
+    # Importing diffusers' SD3 pipelines touches transformers' image processors (for IP-adapters, unused here),
+    # which warn when torchvision is missing. SD3.5 text-to-image, image-to-image and inpainting never need it.
+    return "requires torchvision" not in record.getMessage()
+
+
 def _pipeline_class(task: str):
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not a task of this series. Use one of: {', '.join(TASKS)}.")
+    notices = logging.getLogger("transformers.utils.import_utils")
+    if _without_torchvision_notice not in notices.filters:
+        notices.addFilter(_without_torchvision_notice)
     import diffusers
 
     return getattr(diffusers, TASKS[task])

@@ -1,0 +1,60 @@
+"""Set up the series on a fresh machine and open it, or run its tests. Needs only Python 3.11+ with pip.
+
+    python3 dev.py lab     set up .venv (first time: a few minutes), then open JupyterLab on notebooks/
+    python3 dev.py test    set up .venv, then run the unit tests and every notebook (pytest + nbmake)
+
+Extra arguments go to JupyterLab or pytest (e.g. `python3 dev.py test -k tiny`). Setup runs again only when
+pyproject.toml changes. Without a GPU or a Hugging Face token, the notebooks run the tiny offline stand-in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+TORCH = "torch==2.13.0"  # installed first, so the range in pyproject.toml pulls nothing bigger
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / "sd35-installed"
+
+
+def run(*command: str | Path) -> None:
+    print("+", " ".join(map(str, command)), flush=True)
+    subprocess.run([str(part) for part in command], cwd=ROOT, check=True)
+
+
+def ensure_environment() -> None:
+    wanted = hashlib.sha256(TORCH.encode() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.is_file() and STAMP.read_text() == wanted and PYTHON.is_file():
+        return
+    if not PYTHON.is_file():
+        print(f"Creating {VENV} ...", flush=True)
+        venv.create(VENV, with_pip=True)
+    run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", TORCH)
+    run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-e", ".[dev]")
+    STAMP.write_text(wanted)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"lab", "test"}:
+        print(__doc__)
+        return 2
+    command, extra = argv[0], argv[1:]
+    try:
+        ensure_environment()
+    except subprocess.CalledProcessError as error:
+        print(f"Setup failed (exit {error.returncode}); see the pip output above. Fix it and run again.")
+        return error.returncode or 1
+    if command == "lab":
+        return subprocess.call([str(BIN / "jupyter"), "lab", "notebooks", *extra], cwd=ROOT)
+    return subprocess.call([str(PYTHON), "-m", "pytest", *extra], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

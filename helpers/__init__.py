@@ -33,7 +33,7 @@ _EXPORTS = {
     "Table": "display",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = tuple(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
@@ -44,4 +44,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return list(__all__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,7 @@ def measure_module(component: str, module, role: str = "", *, dtype=None) -> Com
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def component_sizes(model: str) -> tuple[ComponentSize, ...]:
     """Exact sizes of the full-size parts of `model`, with weights in bf16 (the checkpoints' format)."""
     import torch

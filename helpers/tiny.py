@@ -15,6 +15,7 @@ import string
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from pathlib import Path
 
 CACHE_VARIABLE = "SD35_CACHE_DIR"
@@ -32,7 +33,7 @@ green grass red blue yellow white black orange purple pink brown gold silver
 tree trees flower flowers sky clouds sun moon stars water fire snow rain light dark
 astronaut riding castle house room window door car boat robot space
 three two one four five many small large big tiny old young happy sad
-""".split()
+""".split()  # noqa: SIM905 (a word list reads better as text)
 
 TINY_CONFIGS: dict[str, dict] = {
     "text_encoder": {
@@ -79,7 +80,7 @@ def _bpe_pieces(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     """How a BPE with these merge ranks splits `word`: always merge the adjacent pair that ranks first."""
     pieces = [*word[:-1], word[-1] + "</w>"]
     while len(pieces) > 1:
-        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(pairwise(pieces))]
         rank, i = min(pairs)
         if rank == len(ranks):
             break

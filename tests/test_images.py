@@ -6,7 +6,13 @@ from PIL import Image
 
 from helpers.images import image_grid, read_metadata, save_image
 
-SETTINGS = dict(model="tiny", prompt="Children's birthday party", seed=7, num_inference_steps=4, guidance_scale=4.5)
+SETTINGS = {
+    "model": "tiny",
+    "prompt": "Children's birthday party",
+    "seed": 7,
+    "num_inference_steps": 4,
+    "guidance_scale": 4.5,
+}
 
 
 def picture(value: int = 0, size=(64, 48)) -> Image.Image:

@@ -27,6 +27,7 @@ _EXPORTS = {
     "HubUnreachableError": "access",
     "component_sizes": "architecture",
     "pipeline_sizes": "architecture",
+    "plot_component_sizes": "architecture",
     "save_image": "images",
     "read_metadata": "images",
     "image_grid": "images",

@@ -18,13 +18,17 @@ from helpers.models import get_model
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
-# Pipeline attribute -> (config file, what it is). The transformer's file depends on the model.
-COMPONENTS: dict[str, tuple[str | None, str]] = {
-    "transformer": (None, "MMDiT: denoises the latent image, step by step"),
-    "text_encoder": ("text_encoder-clip-l", "CLIP ViT-L/14 text tower: prompt embedding and pooled vector"),
-    "text_encoder_2": ("text_encoder_2-clip-g", "OpenCLIP bigG/14 text tower: prompt embedding and pooled vector"),
-    "text_encoder_3": ("text_encoder_3-t5xxl", "T5 v1.1 XXL encoder: the long, detailed prompt embedding"),
-    "vae": ("vae", "autoencoder: turns the 16-channel latent into pixels (and back)"),
+# Pipeline attribute -> (config file, short name, what it is). The transformer's file depends on the model.
+COMPONENTS: dict[str, tuple[str | None, str, str]] = {
+    "transformer": (None, "transformer", "MMDiT: denoises the latent image, step by step"),
+    "text_encoder": (
+        "text_encoder-clip-l", "CLIP-L", "CLIP ViT-L/14 text tower: prompt embedding and pooled vector"
+    ),
+    "text_encoder_2": (
+        "text_encoder_2-clip-g", "CLIP-G", "OpenCLIP bigG/14 text tower: prompt embedding and pooled vector"
+    ),
+    "text_encoder_3": ("text_encoder_3-t5xxl", "T5-XXL", "T5 v1.1 XXL encoder: the long, detailed prompt embedding"),
+    "vae": ("vae", "VAE", "autoencoder: turns the 16-channel latent into pixels (and back)"),
 }
 
 
@@ -125,7 +129,7 @@ def component_sizes(model: str) -> tuple[ComponentSize, ...]:
 
     return tuple(
         measure_module(component, build_component(model, component), role, dtype=torch.bfloat16)
-        for component, (_, role) in COMPONENTS.items()
+        for component, (_, _, role) in COMPONENTS.items()
     )
 
 
@@ -133,6 +137,50 @@ def pipeline_sizes(pipe) -> tuple[ComponentSize, ...]:
     """Sizes of the parts of a loaded pipeline, in the dtype it was loaded in."""
     return tuple(
         measure_module(component, getattr(pipe, component), role)
-        for component, (_, role) in COMPONENTS.items()
+        for component, (_, _, role) in COMPONENTS.items()
         if getattr(pipe, component, None) is not None
     )
+
+
+def plot_component_sizes(models: tuple[str, ...] = ("large", "medium")):
+    """A stacked bar chart of each model's bf16 weights by part: where the memory goes."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 2.2 + 0.5 * len(models)))
+    plt.close(figure)  # shown once, when the returned figure is displayed
+    labels = [get_model(name).title for name in models]
+    left = [0.0] * len(models)
+    for index, (component, (_, short_name, _)) in enumerate(COMPONENTS.items()):
+        widths = [next(p.gigabytes for p in component_sizes(name) if p.component == component) for name in models]
+        axis.barh(labels, widths, left=left, label=short_name, color=plt.cm.tab10(index))
+        left = [start + width for start, width in zip(left, widths, strict=True)]
+    for row, total in enumerate(left):
+        axis.text(total + 0.3, row, f"{total:.1f} GB", va="center")
+    axis.set_xlabel("weights in bf16 (GB)")
+    axis.set_xlim(0, max(left) * 1.15)
+    axis.invert_yaxis()
+    axis.legend(loc="lower right", fontsize=8)
+    axis.set_title("SD3.5 weights by part (from the published configs)")
+    figure.tight_layout()
+    return figure
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print each model's parts and sizes, and save the chart: `python -m helpers.architecture [--figure PATH]`."""
+    import argparse
+
+    from helpers.display import Table
+
+    parser = argparse.ArgumentParser(prog="python -m helpers.architecture", description=main.__doc__)
+    parser.add_argument("--figure", type=Path, help="also save the bar chart of weights by part to this PNG")
+    args = parser.parse_args(argv)
+    for name in ("large", "medium"):
+        print(Table([part.row() for part in component_sizes(name)], title=get_model(name).title), end="\n\n")
+    if args.figure:
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        plot_component_sizes().savefig(args.figure, dpi=120)
+        print(f"saved {args.figure}")
+
+
+if __name__ == "__main__":
+    main()

@@ -135,3 +135,12 @@ def test_loaded_pipeline_sizes_count_every_part():
     assert set(sizes) == {"transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"}
     assert sizes["vae"].parameters == sum(p.numel() for p in pipe.vae.parameters())
     assert sizes["transformer"].bytes_per_value == 4  # float32 on the CPU
+
+
+def test_architecture_command_prints_sizes_and_draws_the_chart(tmp_path, capsys):
+    from helpers.architecture import main
+
+    main(["--figure", str(tmp_path / "chart.png")])
+    printed = capsys.readouterr().out
+    assert "8,056,627,520" in printed and "2,243,171,520" in printed
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -52,7 +52,8 @@ def main(argv: list[str]) -> int:
         print(f"Setup failed (exit {error.returncode}); see the pip output above. Fix it and run again.")
         return error.returncode or 1
     if command == "lab":
-        return subprocess.call([str(BIN / "jupyter"), "lab", "notebooks", *extra], cwd=ROOT)
+        as_root = ["--allow-root"] if getattr(os, "geteuid", lambda: -1)() == 0 else []  # containers, cloud VMs
+        return subprocess.call([str(BIN / "jupyter"), "lab", "notebooks", *as_root, *extra], cwd=ROOT)
     return subprocess.call([str(PYTHON), "-m", "pytest", *extra], cwd=ROOT)
 
 

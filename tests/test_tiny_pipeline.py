@@ -131,3 +131,11 @@ def test_saved_folder_is_reused():
     assert tiny_pipeline_dir() == folder
     assert (folder / "model_index.json").stat().st_mtime_ns == stamp
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".building-")]
+
+
+def test_switching_task_keeps_the_loaded_dtype():
+    # diffusers' from_pipe casts to float32 unless told the dtype; on a GPU that would double a bf16 model's memory.
+    bf16 = load_pipeline("tiny", dtype=torch.bfloat16)
+    inpainting = load_pipeline("tiny", task="inpainting", dtype=torch.bfloat16)
+    assert inpainting.transformer is bf16.transformer
+    assert bf16.transformer.dtype == bf16.text_encoder_3.dtype == bf16.vae.dtype == torch.bfloat16

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from helpers.models import get_model
+from helpers.models import MODELS, get_model
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -122,13 +122,29 @@ def measure_module(component: str, module, role: str = "", *, dtype=None) -> Com
     )
 
 
+def meta_component(model: str, component: str):
+    """The full-size `component` of `model` on the meta device, built once and shared (treat it as read-only)."""
+    spec = get_model(model)
+    if component == "transformer" and spec.transformer_config is None:
+        raise ValueError(f"model={model!r} has no full-size architecture; use 'large', 'large-turbo' or 'medium'.")
+    # Models that share a config (Large and Large Turbo; every model's text encoders and VAE) share one build.
+    return _meta_build(spec.transformer_config if component == "transformer" else "shared", component)
+
+
+@cache
+def _meta_build(config_key: str, component: str):
+    model = next(name for name, spec in MODELS.items() if spec.transformer_config and (
+        component != "transformer" or spec.transformer_config == config_key))
+    return build_component(model, component)
+
+
 @cache
 def component_sizes(model: str) -> tuple[ComponentSize, ...]:
     """Exact sizes of the full-size parts of `model`, with weights in bf16 (the checkpoints' format)."""
     import torch
 
     return tuple(
-        measure_module(component, build_component(model, component), role, dtype=torch.bfloat16)
+        measure_module(component, meta_component(model, component), role, dtype=torch.bfloat16)
         for component, (_, _, role) in COMPONENTS.items()
     )
 

@@ -1,7 +1,8 @@
 """Loading SD3.5 pipelines: the real models from the hub, or the tiny stand-in, through the same diffusers calls.
 
-Introduced in notebook 01. `load_pipeline` returns a plain diffusers pipeline; notebooks call it themselves
-(`pipe(prompt=..., guidance_scale=...)`). Weights load from safetensors only, in bf16 on a GPU.
+Introduced in notebook 01; quantization and offload options in notebook 02. `load_pipeline` returns a plain
+diffusers pipeline; notebooks call it themselves (`pipe(prompt=..., guidance_scale=...)`). Weights load from
+safetensors only, in bf16 on a GPU.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from helpers.access import check_access, require_token
 from helpers.models import ModelSpec, get_model
+from helpers.quantization import QUANTIZE_CHOICES, T5_CHOICES
 
 if TYPE_CHECKING:
     import torch
@@ -22,14 +24,10 @@ TASKS = {
     "image-to-image": "StableDiffusion3Img2ImgPipeline",
     "inpainting": "StableDiffusion3InpaintPipeline",
 }
-OFFLOAD_CHOICES = ("auto", "none", "model")
+OFFLOAD_CHOICES = ("auto", None, "model", "sequential", "group")
 
-WORKING_MEMORY_GB = 4.0
-"""Rough allowance, on top of the weights, for activations and the VAE decode at 1024x1024.
-An estimate used to decide placement, not a measurement; notebook 02 measures peaks."""
-
-# The pipelines handed out, by (model, device, dtype, offload): a new task reuses their components through
-# `from_pipe`. Weak references, so the memory is freed once the reader holds none of them.
+# The pipelines handed out, by how they were loaded: a new task reuses their components through `from_pipe`.
+# Weak references, so the memory is freed once the reader holds none of them.
 _loaded: dict[tuple, weakref.WeakSet] = {}
 
 
@@ -60,19 +58,24 @@ def gpu_memory_gb(device: str = "cuda") -> float | None:
     return torch.cuda.get_device_properties(torch.device(device)).total_memory / 1e9
 
 
-def placement(model: str | ModelSpec, memory_gb: float) -> str | None:
-    """Where `model` fits in bf16 on a GPU of `memory_gb`: 'gpu' (everything on it), 'model-offload' (one part at
-    a time, the rest in CPU memory) or None (its largest part alone does not fit)."""
-    from helpers.architecture import component_sizes
+def placement(
+    model: str | ModelSpec, memory_gb: float, *, quantize: str | None = None, t5: str = "keep"
+) -> str | None:
+    """Where `model` fits on a GPU of `memory_gb` GB at its recommended size: 'gpu' (everything on it),
+    'model-offload' (one model at a time, the rest in CPU memory) or None (not even that).
+
+    Uses the estimated peaks of helpers.memory, keeping its reserve free.
+    """
+    from helpers.memory import Strategy, estimate, fits
 
     spec = get_model(model)
     if spec.is_stand_in:
         return "gpu"
-    sizes = [part.gigabytes for part in component_sizes(spec.name)]
-    if sum(sizes) + WORKING_MEMORY_GB <= memory_gb:
-        return "gpu"
-    if max(sizes) + WORKING_MEMORY_GB <= memory_gb:
-        return "model-offload"
+    storage = {"transformer": "nf4" if quantize else "bf16", "t5": {"keep": "bf16"}.get(t5, t5)}
+    for offload, answer in (("none", "gpu"), ("model", "model-offload")):
+        peak = estimate(spec.name, Strategy("", offload=offload, **storage), spec.height).peak_gb
+        if fits(peak, memory_gb):
+            return answer
     return None
 
 
@@ -96,28 +99,37 @@ def _pipeline_class(task: str):
     return getattr(diffusers, TASKS[task])
 
 
-def _resolve_offload(spec: ModelSpec, device: str, offload: str) -> bool:
-    """Whether to use model CPU offload; raises before loading if the model cannot fit."""
+def _check_options(spec: ModelSpec, device: str, offload, quantize, t5) -> str | None:
+    """The offload to use (None for none). Raises, naming the value and the fix, before anything loads."""
     if offload not in OFFLOAD_CHOICES:
-        raise ValueError(f"offload={offload!r} is not supported. Use one of: {', '.join(OFFLOAD_CHOICES)}.")
+        raise ValueError(f"offload={offload!r} is not supported. Use one of: {', '.join(map(repr, OFFLOAD_CHOICES))}.")
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize={quantize!r} is not supported. Use quantize='nf4' (4-bit) or None (bf16).")
+    if t5 not in T5_CHOICES:
+        raise ValueError(f"t5={t5!r} is not supported. Use one of: {', '.join(map(repr, T5_CHOICES))}.")
+    quantized = quantize is not None or t5 in ("nf4", "int8")
+    if quantized and offload in ("sequential", "group"):
+        raise ValueError(
+            f"offload={offload!r} does not work with bitsandbytes 4-bit or 8-bit layers (quantize={quantize!r}, "
+            f"t5={t5!r}): their weights cannot be moved layer by layer. Use offload='model' with quantization, "
+            "or drop the quantization to use this offload."
+        )
     memory_gb = gpu_memory_gb(device)
     if memory_gb is None:
-        if offload == "model":
-            raise ValueError(f"offload='model' needs a CUDA GPU; device={device!r}. Use offload='none' on a CPU.")
-        return False
+        if offload not in ("auto", None):
+            raise ValueError(f"offload={offload!r} needs a CUDA GPU; device={device!r}. Use offload=None on a CPU.")
+        return None
     if offload != "auto":
-        return offload == "model"
-    where = placement(spec, memory_gb)
+        return offload
+    where = placement(spec, memory_gb, quantize=quantize, t5=t5)
     if where is None:
-        from helpers.architecture import component_sizes
-
-        largest = max(component_sizes(spec.name), key=lambda part: part.gigabytes)
         raise MemoryError(
-            f"{spec.title} does not fit on this {memory_gb:.1f} GB GPU in bf16: its {largest.component} alone "
-            f"takes {largest.gigabytes:.1f} GB, plus about {WORKING_MEMORY_GB:.0f} GB to work in. "
-            "Use SD3.5 Medium (SD35_MODEL=medium), or a GPU with more memory."
+            f"{spec.title} does not fit on this {memory_gb:.1f} GB GPU with quantize={quantize!r}, t5={t5!r}, "
+            "even with model CPU offload. On a 16 GB card use quantize='nf4' with offload='model', or SD3.5 "
+            "Medium (SD35_MODEL=medium). `python -m helpers.memory --gpu-gb "
+            f"{memory_gb:.0f}` lists what fits."
         )
-    return where == "model-offload"
+    return "model" if where == "model-offload" else None
 
 
 def load_pipeline(
@@ -126,23 +138,28 @@ def load_pipeline(
     *,
     device: str | None = None,
     dtype: torch.dtype | None = None,
-    offload: str = "auto",
+    offload: str | None = "auto",
+    quantize: str | None = None,
+    t5: str = "keep",
 ) -> DiffusionPipeline:
     """The diffusers pipeline of `model` for `task` ('text-to-image', 'image-to-image' or 'inpainting').
 
     - Real models come from the hub (a token and an accepted licence are checked first, with clear steps if
       missing); the stand-in is built locally and loaded from its folder. Both through `from_pretrained`.
-    - Asking for another task of a model already loaded reuses its components (`from_pipe`): no second load.
-    - `offload='auto'` keeps everything on the GPU where it fits and uses model CPU offload where only one part
-      at a time fits; 'none' and 'model' force the choice.
+    - Asking for another task of a model already loaded the same way reuses its components (`from_pipe`).
+    - `quantize='nf4'` stores the transformer in 4-bit NF4 (bitsandbytes, computing in bf16).
+    - `t5`: 'keep' (bf16), 'drop' (no T5: less memory, weaker prompt following), 'nf4' or 'int8'.
+    - `offload`: 'auto' keeps everything on the GPU where it fits and uses model CPU offload where only one model
+      at a time fits; None, 'model', 'sequential' (one layer at a time) and 'group' (one block at a time) force it.
+    Bad values and combinations that cannot work raise before anything loads.
     """
     spec = get_model(model)
     pipeline_class = _pipeline_class(task)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    use_offload = _resolve_offload(spec, device, offload)
+    use_offload = _check_options(spec, device, offload, quantize, t5)
 
-    alive = _loaded.setdefault((spec.name, str(device), str(dtype), use_offload), weakref.WeakSet())
+    alive = _loaded.setdefault((spec.name, str(device), str(dtype), use_offload, quantize, t5), weakref.WeakSet())
     for pipe in list(alive):
         if type(pipe) is pipeline_class:
             return pipe
@@ -150,26 +167,73 @@ def load_pipeline(
         # dtype must be passed: diffusers' from_pipe otherwise casts the shared parts to float32.
         pipe = pipeline_class.from_pipe(next(iter(alive)), dtype=dtype)
     else:
-        # Without offload, weights load straight onto the device, never all at once into CPU memory
-        # (Colab's T4 machines have 13 GB of it). With offload they stay in CPU memory until needed.
-        pipe = _from_pretrained(pipeline_class, spec, dtype, device_map=None if use_offload else device)
-        if use_offload:
-            pipe.enable_model_cpu_offload(device=device)
+        pipe = _load(pipeline_class, spec, device, dtype, use_offload, quantize, t5)
     alive.add(pipe)
     return pipe
 
 
-def _from_pretrained(pipeline_class, spec: ModelSpec, dtype, device_map: str | None):
-    options = {"dtype": dtype, "use_safetensors": True, "device_map": device_map}
-    if spec.is_stand_in:
-        from helpers.tiny import quiet_transformers_progress, tiny_pipeline_dir
+def _load(pipeline_class, spec: ModelSpec, device: str, dtype, offload: str | None, quantize, t5):
+    from helpers import quantization
 
-        with quiet_transformers_progress():
-            return pipeline_class.from_pretrained(tiny_pipeline_dir(), **options)
+    on_gpu = str(device).startswith("cuda")
+    source, token = _weights_source(spec)
+    options = {"dtype": dtype, "use_safetensors": True, "token": token}
+    if t5 == "drop":
+        options.update(text_encoder_3=None, tokenizer_3=None)
+    elif t5 in ("nf4", "int8"):
+        from transformers import T5EncoderModel
+
+        quantization.quiet_int8_cast_warning()
+        options["text_encoder_3"] = T5EncoderModel.from_pretrained(
+            source, subfolder="text_encoder_3", quantization_config=quantization.transformers_config(t5, dtype),
+            device_map=str(device), **options,
+        )
+    if quantize and on_gpu:
+        from diffusers import SD3Transformer2DModel
+
+        options["transformer"] = SD3Transformer2DModel.from_pretrained(
+            source, subfolder="transformer", quantization_config=quantization.diffusers_nf4_config(dtype),
+            dtype=dtype, use_safetensors=True, token=token,
+        )
+    has_quantized_parts = quantize is not None and on_gpu or t5 in ("nf4", "int8")
+    # Without offload, weights load straight onto the device, never all at once into CPU memory (Colab's T4
+    # machines have 13 GB of it). Offload keeps them in CPU memory; quantized parts are placed by their loaders.
+    device_map = str(device) if offload is None and not has_quantized_parts else None
+    pipe = _from_pretrained(pipeline_class, spec, source, device_map=device_map, **options)
+    if quantize and not on_gpu:  # diffusers' quantizer needs a GPU: build the same NF4 layers directly
+        quantization.quantize_linear_layers_nf4(pipe.transformer, compute_dtype=dtype)
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif offload == "group":
+        import torch
+
+        pipe.enable_group_offload(onload_device=torch.device(device), num_blocks_per_group=1, use_stream=True)
+    elif device_map is None:
+        pipe.to(device)  # moves the parts not yet there; diffusers moves 4-bit parts as they are
+    return pipe
+
+
+def _weights_source(spec: ModelSpec) -> tuple[object, str | None]:
+    """Where the weights come from, and the token to use: the stand-in's folder, or the hub after access checks."""
+    if spec.is_stand_in:
+        from helpers.tiny import tiny_pipeline_dir
+
+        return tiny_pipeline_dir(), None
     from huggingface_hub.constants import is_offline_mode
 
     if is_offline_mode():  # HF_HUB_OFFLINE=1: weights already in the local cache, no network asked
-        return pipeline_class.from_pretrained(spec.hub_id, **options)
+        return spec.hub_id, None
     token = require_token(spec.hub_id)
     check_access(spec.hub_id, token)
-    return pipeline_class.from_pretrained(spec.hub_id, token=token, **options)
+    return spec.hub_id, token
+
+
+def _from_pretrained(pipeline_class, spec: ModelSpec, source, **options):
+    if spec.is_stand_in:
+        from helpers.tiny import quiet_transformers_progress
+
+        with quiet_transformers_progress():
+            return pipeline_class.from_pretrained(source, **options)
+    return pipeline_class.from_pretrained(source, **options)

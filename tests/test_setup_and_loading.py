@@ -100,8 +100,13 @@ def test_placement_by_gpu_memory(model, memory_gb, expected):
     [
         ({"model": "xl"}, "model='xl'"),
         ({"model": "tiny", "task": "text2img"}, "task='text2img' is not a task of this series"),
-        ({"model": "tiny", "offload": "sequential"}, "offload='sequential' is not supported"),
+        ({"model": "tiny", "offload": "disk"}, "offload='disk' is not supported"),
         ({"model": "tiny", "offload": "model"}, "offload='model' needs a CUDA GPU"),
+        ({"model": "tiny", "offload": "group"}, "offload='group' needs a CUDA GPU"),
+        ({"model": "tiny", "quantize": "int4"}, "quantize='int4' is not supported"),
+        ({"model": "tiny", "t5": "fp8"}, "t5='fp8' is not supported"),
+        ({"model": "tiny", "quantize": "nf4", "offload": "sequential"}, "Use offload='model' with quantization"),
+        ({"model": "tiny", "t5": "int8", "offload": "group"}, "does not work with bitsandbytes"),
     ],
 )
 def test_load_pipeline_rejects_bad_input_by_name(arguments, message):

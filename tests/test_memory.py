@@ -1,0 +1,154 @@
+"""NF4 and 8-bit loading on the stand-in, and the memory estimates checked against real bitsandbytes layers."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.loading import load_pipeline
+from helpers.memory import STRATEGIES, Breakdown, breakdown_module, estimate, fits, main, weights
+from helpers.quantization import count_4bit_layers, footprint_bytes, transformers_config
+
+
+@pytest.fixture(scope="module")
+def bf16_pipe():
+    return load_pipeline("tiny", dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def nf4_pipe():
+    return load_pipeline("tiny", dtype=torch.bfloat16, quantize="nf4")
+
+
+def finite_image(pipe) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator("cpu").manual_seed(0)
+    images = pipe(prompt="a cat", num_inference_steps=2, height=64, width=64, generator=generator, output_type="np")
+    return images.images[0]
+
+
+def test_nf4_transformer_holds_bitsandbytes_4bit_layers(bf16_pipe, nf4_pipe):
+    linear_layers = sum(type(m) is torch.nn.Linear for m in bf16_pipe.transformer.modules())
+    assert count_4bit_layers(nf4_pipe.transformer) == linear_layers > 0
+    assert count_4bit_layers(nf4_pipe.text_encoder_3) == 0  # T5 stays as it was unless asked
+    assert nf4_pipe.text_encoder_3 is not bf16_pipe.text_encoder_3  # a separate load, not a changed shared model
+
+
+def test_nf4_pipeline_generates_a_finite_image(nf4_pipe):
+    image = finite_image(nf4_pipe)
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+
+
+def test_nf4_transformer_is_smaller_than_bf16(bf16_pipe, nf4_pipe):
+    assert footprint_bytes(nf4_pipe.transformer) < footprint_bytes(bf16_pipe.transformer)
+
+
+def test_estimated_nf4_bytes_equal_the_real_layers(bf16_pipe, nf4_pipe):
+    rule = breakdown_module("transformer", bf16_pipe.transformer)
+    assert rule.bytes("bf16") == footprint_bytes(bf16_pipe.transformer)
+    assert rule.bytes("nf4") == footprint_bytes(nf4_pipe.transformer)
+
+
+@pytest.mark.parametrize("storage", ["nf4", "int8"])
+def test_estimated_t5_bytes_equal_transformers_quantized_t5(bf16_pipe, storage):
+    from transformers import T5EncoderModel
+
+    from helpers.tiny import tiny_pipeline_dir
+
+    quantized = T5EncoderModel.from_pretrained(
+        tiny_pipeline_dir() / "text_encoder_3",
+        quantization_config=transformers_config(storage, torch.bfloat16),
+        dtype=torch.bfloat16,
+        device_map="cpu",
+    )
+    assert breakdown_module("text_encoder_3", bf16_pipe.text_encoder_3).bytes(storage) == footprint_bytes(quantized)
+
+
+@pytest.mark.parametrize("t5", ["nf4", "int8"])
+def test_quantized_t5_pipeline_runs(t5):
+    pipe = load_pipeline("tiny", t5=t5)
+    assert np.isfinite(finite_image(pipe)).all()
+
+
+def test_pipeline_without_t5_runs():
+    pipe = load_pipeline("tiny", t5="drop")
+    assert pipe.text_encoder_3 is None
+    assert np.isfinite(finite_image(pipe)).all()
+
+
+def test_storage_formats_follow_bitsandbytes_layouts():
+    layer = Breakdown(quantizable_values=128, quantizable_rows=2, other_values=10)
+    assert layer.bytes("fp32") == 138 * 4
+    assert layer.bytes("bf16") == layer.bytes("fp16") == 138 * 2
+    assert layer.bytes("nf4") == 64 + 2 * 4 + 10 * 2  # half a byte per weight, a float32 scale per 64
+    assert layer.bytes("int8") == 128 + 2 * 4 + 10 * 2  # a byte per weight, a float32 scale per output row
+    with pytest.raises(ValueError, match="storage='fp8'"):
+        layer.bytes("fp8")
+
+
+def test_nf4_keeps_t5_feed_forward_outputs_in_bf16():
+    t5 = weights("large", STRATEGIES["t5-nf4"])["text_encoder_3"]
+    wo_values = 24 * 4096 * 10240  # transformers keeps T5's `wo` layers out of quantization
+    assert t5 > wo_values * 2
+
+
+@pytest.mark.parametrize("model", ["large", "medium"])
+def test_estimates_relate_as_the_strategies_do(model):
+    peak = {name: estimate(model, name).peak_gb for name in STRATEGIES}
+    for lighter in ("model-offload", "sequential-offload", "group-offload", "no-t5", "t5-nf4", "nf4",
+                    "nf4-model-offload", "embeddings-once"):
+        assert peak[lighter] < peak["gpu"], lighter
+    assert peak["sequential-offload"] <= peak["group-offload"] <= peak["model-offload"]
+    assert peak["t5-nf4"] < peak["t5-int8"]
+    gpu = estimate(model, "gpu")
+    assert gpu.weights_on_gpu_gb == pytest.approx(sum(weights(model, STRATEGIES["gpu"]).values()) / 1e9, abs=0.01)
+
+
+def test_estimates_grow_with_image_size():
+    assert estimate("large", "gpu", 512).peak_gb < estimate("large", "gpu", 1024).peak_gb
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("large", "turbo-mode"), "strategy='turbo-mode' is not a strategy"),
+        (("large", "gpu", 1000), "size=1000 must be a positive multiple of 16"),
+        (("tiny", "gpu"), "model='tiny' is the stand-in"),
+    ],
+)
+def test_bad_estimate_input_names_the_value(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        estimate(*arguments)
+
+
+def test_bad_gpu_size_names_the_value():
+    with pytest.raises(ValueError, match="gpu_gb=0"):
+        fits(1.0, 0)
+
+
+def test_memory_command_as_json(capsys):
+    assert main(["--model", "medium", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [row["strategy"] for row in data["strategies"]] == list(STRATEGIES)
+    assert set(data["strategies"][0]["fits"]) == {"T4", "L4", "A10G", "A100 40GB", "A100/H100 80GB"}
+
+
+def test_memory_command_for_one_gpu(capsys):
+    main(["--model", "large", "--gpu-gb", "16"])
+    printed = capsys.readouterr().out
+    assert "16 GB" in printed and "nf4-model-offload" in printed and "Estimates, not measurements" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "huge"], "invalid choice: 'huge'"),
+        (["--gpu-gb", "-4"], "gpu_gb=-4"),
+        (["--size", "1000"], "size=1000"),
+    ],
+)
+def test_memory_command_rejects_bad_input(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err

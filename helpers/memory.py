@@ -308,6 +308,38 @@ def plot_strategies(model: str, size: int = 1024, gpus: dict[str, float] | None 
     return figure
 
 
+def format_table(model: str) -> list[dict]:
+    """For each component a quantizer can convert: its weights in every storage format, and what stays bf16."""
+    rows = []
+    for part in QUANTIZABLE:
+        split = breakdown(model, part)
+        total = split.quantizable_values + split.other_values
+        rows.append({
+            "component": part,
+            **{storage: f"{split.bytes(storage) / 1e9:.2f} GB" for storage in FORMATS},
+            "left in bf16": f"{split.other_values / total:.1%} of values",
+        })
+    return rows
+
+
+def strategy_table(model: str, size: int = 1024, gpus: dict[str, float] | None = None):
+    """The estimated peak of each strategy and which GPUs it fits, as a Table."""
+    from helpers.display import Table
+
+    rows = [
+        {
+            "strategy": row["strategy"],
+            "peak (GB)": f"{row['peak_gb']:.1f}",
+            "weights": f"{row['weights_on_gpu_gb']:.1f}",
+            "working": f"{row['activations_gb']:.1f}",
+            "peak during": row["peak_stage"],
+            **{name: "fits" if ok else "-" for name, ok in row["fits"].items()},
+        }
+        for row in fit_table(model, size, gpus)
+    ]
+    return Table(rows, title=f"{get_model(model).title}, {size}x{size}, one image with CFG: estimated peak GPU memory")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print, for each strategy, the estimated peak GPU memory and whether it fits common GPUs."""
     from helpers.models import MODELS
@@ -328,23 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"model": args.model, "size": args.size, "reserve_gb": RESERVE_GB, "gpus": gpus,
                           "strategies": rows}, indent=2))
         return 0
-    from helpers.display import Table
-
-    print(Table(
-        [
-            {
-                "strategy": row["strategy"],
-                "peak (GB)": f"{row['peak_gb']:.1f}",
-                "weights": f"{row['weights_on_gpu_gb']:.1f}",
-                "activations": f"{row['activations_gb']:.1f}",
-                "at": row["peak_stage"],
-                **{name: "fits" if ok else "-" for name, ok in row["fits"].items()},
-            }
-            for row in rows
-        ],
-        title=f"{get_model(args.model).title}, {args.size}x{args.size}, batch 1 with CFG: estimated peak GPU memory",
-    ))
-    print(f"\n'fits': estimated peak + {RESERVE_GB} GB reserve <= the card's memory. Estimates, not measurements.")
+    print(strategy_table(args.model, args.size, gpus))
+    print(f"\n'fits': estimated peak + {RESERVE_GB} GB reserve <= the card's memory. Estimates, not measurements:")
+    print("weights are exact, working memory is estimated from tensor shapes (see helpers/memory.py).")
     return 0
 
 

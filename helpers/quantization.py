@@ -94,16 +94,19 @@ def quiet_int8_cast_warning():
     warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
 
 
-def bf16_bytes(module) -> int:
-    """Bytes `module` would take with every tensor in bf16, read from the loaded module itself.
+def unquantized_bytes(module) -> int:
+    """Bytes `module` took before quantization, read from the loaded module itself.
 
-    A 4-bit weight counts at its original shape, so a quantized model tells what it took before quantization.
+    A 4-bit weight counts at its original shape and dtype (kept in its quant_state); other tensors as they are.
     """
     persistent = set(module.state_dict(keep_vars=True))
     tensors = {id(p): p for p in module.parameters()}
     tensors.update({id(b): b for name, b in module.named_buffers() if name in persistent})
-    values = 0
+    total = 0
     for tensor in tensors.values():
         state = getattr(tensor, "quant_state", None)
-        values += state.shape.numel() if state is not None else tensor.numel()
-    return values * 2
+        if state is None:
+            total += tensor.numel() * tensor.element_size()
+        else:
+            total += state.shape.numel() * state.dtype.itemsize
+    return total

@@ -42,6 +42,7 @@ class Session:
     """What `setup()` decided; later cells read the model, device and dtype from here."""
 
     models: tuple[ModelSpec, ...]
+    about: tuple[ModelSpec, ...]
     device: str
     dtype: torch.dtype
     seed: int
@@ -55,6 +56,12 @@ class Session:
     def model(self) -> ModelSpec:
         """The model this notebook runs (the first of `models`)."""
         return self.models[0]
+
+    @property
+    def full_size(self) -> ModelSpec:
+        """The full-size model whose figures (sizes, memory estimates) the notebook shows: the model that runs,
+        or, where the stand-in runs, the model the notebook is about."""
+        return self.model if not self.model.is_stand_in else self.about[0]
 
     def report(self) -> str:
         """The setup report as text."""
@@ -170,6 +177,7 @@ def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool 
 
     session = Session(
         models=models,
+        about=about_specs,
         device=device,
         dtype=dtype,
         seed=seed,

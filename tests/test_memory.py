@@ -8,7 +8,7 @@ import torch
 
 from helpers.loading import load_pipeline
 from helpers.memory import STRATEGIES, Breakdown, breakdown_module, estimate, fits, main, weights
-from helpers.quantization import count_4bit_layers, footprint_bytes, transformers_config
+from helpers.quantization import count_4bit_layers, footprint_bytes, transformers_config, unquantized_bytes
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,11 @@ def test_nf4_pipeline_generates_a_finite_image(nf4_pipe):
 
 def test_nf4_transformer_is_smaller_than_bf16(bf16_pipe, nf4_pipe):
     assert footprint_bytes(nf4_pipe.transformer) < footprint_bytes(bf16_pipe.transformer)
+
+
+def test_quantized_transformer_knows_its_size_before_quantization(bf16_pipe, nf4_pipe):
+    assert unquantized_bytes(nf4_pipe.transformer) == footprint_bytes(bf16_pipe.transformer)
+    assert unquantized_bytes(bf16_pipe.transformer) == footprint_bytes(bf16_pipe.transformer)
 
 
 def test_estimated_nf4_bytes_equal_the_real_layers(bf16_pipe, nf4_pipe):

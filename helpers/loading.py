@@ -99,7 +99,7 @@ def _pipeline_class(task: str):
     return getattr(diffusers, TASKS[task])
 
 
-def _check_options(spec: ModelSpec, device: str, offload, quantize, t5) -> str | None:
+def check_options(spec: ModelSpec, device: str, offload, quantize, t5) -> str | None:
     """The offload to use (None for none). Raises, naming the value and the fix, before anything loads."""
     if offload not in OFFLOAD_CHOICES:
         raise ValueError(f"offload={offload!r} is not supported. Use one of: {', '.join(map(repr, OFFLOAD_CHOICES))}.")
@@ -157,7 +157,7 @@ def load_pipeline(
     pipeline_class = _pipeline_class(task)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    use_offload = _check_options(spec, device, offload, quantize, t5)
+    use_offload = check_options(spec, device, offload, quantize, t5)
 
     alive = _loaded.setdefault((spec.name, str(device), str(dtype), use_offload, quantize, t5), weakref.WeakSet())
     for pipe in list(alive):

@@ -63,6 +63,10 @@ class Session:
         or, where the stand-in runs, the model the notebook is about."""
         return self.model if not self.model.is_stand_in else self.about[0]
 
+    def gpu_offload(self, offload: str) -> str | None:
+        """`offload` where there is a GPU to offload to; None on a CPU, where everything is in CPU memory already."""
+        return offload if self.gpu is not None else None
+
     def report(self) -> str:
         """The setup report as text."""
         gpu = "none" if self.gpu is None else f"{self.gpu.name}, {self.gpu.memory_gb:.1f} GB"

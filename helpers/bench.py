@@ -1,0 +1,450 @@
+"""Timing SD3.5 pipelines soundly: warm-up, synchronised clocks, several runs, peak memory, time per stage.
+
+Introduced in notebook 03. `benchmark(pipe, ...)` times any loaded pipeline; `python -m helpers.bench` loads one
+and prints a table (or `--json FILE`). With `--weights random`, the full-size architecture is built from its
+published config with random weights straight on the GPU: no download, and the same speed as the real weights,
+since arithmetic does not depend on the values.
+
+    python -m helpers.bench --model large --weights random --steps 28 --size 1024 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from helpers.models import MODELS, get_model
+
+STAGES = {
+    "prompt encoding": ("text_encoder", "text_encoder_2", "text_encoder_3"),
+    "denoising": ("transformer",),
+    "VAE decode": ("vae.decoder",),
+}
+H100_DENSE_BF16_TFLOPS = 989.0
+"""NVIDIA's figure for the H100 SXM's dense bf16 tensor-core throughput."""
+
+
+@dataclass
+class BenchResult:
+    """One configuration's timings (seconds) and peak memory, with everything that determined them."""
+
+    model: str
+    weights: str
+    device: str
+    dtype: str
+    steps: int
+    size: int
+    guidance_scale: float
+    options: dict[str, Any]
+    runs: list[float]
+    stages: dict[str, float] = field(default_factory=dict)
+    peak_memory_gb: float | None = None
+    memory_kind: str = ""
+    gpu: str | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    def row(self) -> dict[str, str]:
+        """A table row: the settings, then min / median / max, the stage split and the peak."""
+        options = ", ".join(f"{key}={value}" for key, value in self.options.items() if value not in (None, False))
+        return {
+            "model": self.model,
+            "weights": self.weights,
+            "device": f"{self.device} ({self.gpu})" if self.gpu else self.device,
+            "dtype": self.dtype,
+            "steps": str(self.steps),
+            "size": f"{self.size}x{self.size}",
+            "guidance": f"{self.guidance_scale:g}",
+            "options": options or "-",
+            "min / median / max (s)": f"{min(self.runs):.3f} / {self.median:.3f} / {max(self.runs):.3f}",
+            **{stage: f"{seconds:.3f}" for stage, seconds in self.stages.items()},
+            "peak memory": f"{self.peak_memory_gb:.2f} GB {self.memory_kind}" if self.peak_memory_gb else "-",
+        }
+
+
+def _synchronize(device: str) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def _stage_clocks(pipe, device: str, totals: dict[str, float]):
+    """Add the time spent inside each stage's modules to `totals`, via forward hooks (GPU-synchronised)."""
+    handles = []
+
+    def watch(module, stage: str):
+        started: list[float] = []
+
+        def before(*_):
+            _synchronize(device)
+            started.append(time.perf_counter())
+
+        def after(*_):
+            _synchronize(device)
+            totals[stage] = totals.get(stage, 0.0) + time.perf_counter() - started.pop()
+
+        handles.append(module.register_forward_pre_hook(before))
+        handles.append(module.register_forward_hook(after))
+
+    for stage, paths in STAGES.items():
+        for path in paths:
+            module = pipe
+            for name in path.split("."):
+                module = getattr(module, name, None)
+            if module is not None:
+                watch(module, stage)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _PeakRss:
+    """Samples this process's resident memory every few milliseconds; the CPU's stand-in for a GPU peak."""
+
+    def __init__(self, interval_s: float = 0.005):
+        import psutil
+
+        self._process, self._interval, self.peak = psutil.Process(), interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self):
+        self.peak = self._process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def time_call(call: Callable[[], Any], *, device: str, warmup: int = 1, runs: int = 5, progress: bool = True):
+    """Run `call` `warmup` times untimed, then `runs` times timed; return (seconds per run, peak memory, kind).
+
+    On a GPU every timed region starts and ends with `torch.cuda.synchronize()`, and the peak is
+    `torch.cuda.max_memory_allocated()` over the timed runs; on a CPU it is the process's peak resident memory.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    _check_counts(warmup=warmup, runs=runs)
+    on_gpu = str(device).startswith("cuda")
+    for _ in tqdm(range(warmup), desc="warm-up", disable=not progress or warmup == 0, leave=False):
+        call()
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    seconds = []
+    with _PeakRss() if not on_gpu else _nothing() as rss:
+        for _ in tqdm(range(runs), desc="timed runs", disable=not progress, leave=False):
+            _synchronize(device)
+            start = time.perf_counter()
+            call()
+            _synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    if on_gpu:
+        return seconds, torch.cuda.max_memory_allocated() / 1e9, "GPU allocated"
+    return seconds, rss.peak / 1e9, "process RSS"
+
+
+@contextmanager
+def _nothing():
+    yield None
+
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        minimum = 0 if name == "warmup" else 1
+        if not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name}={value!r} must be a whole number of at least {minimum}.")
+
+
+def benchmark(
+    pipe,
+    *,
+    model: str,
+    weights: str,
+    steps: int,
+    size: int,
+    guidance_scale: float,
+    runs: int = 5,
+    warmup: int = 1,
+    prompt: str = "A group of elves hunting a dragon, 4k cinema",
+    inputs: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> BenchResult:
+    """Time `pipe(prompt, ...)` with these settings: medians per run and per stage, and the peak memory.
+
+    `inputs` replaces the prompt with other pipeline inputs, such as prompt embeddings computed beforehand.
+    """
+    import torch
+
+    _check_counts(steps=steps, runs=runs, warmup=warmup)
+    device = str(pipe._execution_device)
+    settings = {"num_inference_steps": steps, "height": size, "width": size, "guidance_scale": guidance_scale}
+    pipe.set_progress_bar_config(disable=True)
+    per_run_stages: list[dict[str, float]] = []
+
+    def call():
+        totals: dict[str, float] = {}
+        with _stage_clocks(pipe, device, totals):
+            pipe(**(inputs or {"prompt": prompt}), generator=torch.Generator("cpu").manual_seed(0), **settings)
+        per_run_stages.append(totals)
+
+    seconds, peak, kind = time_call(call, device=device, warmup=warmup, runs=runs, progress=progress)
+    timed = per_run_stages[-runs:]
+    stages = {stage: statistics.median(run.get(stage, 0.0) for run in timed) for stage in STAGES}
+    stages["other"] = max(0.0, statistics.median(seconds) - sum(stages.values()))
+    return BenchResult(
+        model=model, weights=weights, device=device.split(":")[0], dtype=str(pipe.dtype).removeprefix("torch."),
+        steps=steps, size=size, guidance_scale=guidance_scale, options=options or {}, runs=seconds, stages=stages,
+        peak_memory_gb=peak, memory_kind=kind,
+        gpu=torch.cuda.get_device_name() if device.startswith("cuda") else None,
+    )
+
+
+class FusedJointAttention:
+    """Joint attention with q, k and v computed by one fused matrix multiply per stream, keeping SD3.5's
+    RMS normalisation of queries and keys (qk_norm). Same result as diffusers' JointAttnProcessor2_0."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        import torch
+        import torch.nn.functional as F
+
+        image_tokens = hidden_states.shape[1]
+
+        def split_heads(fused, norm_q, norm_k):
+            query, key, value = (
+                part.unflatten(-1, (attn.heads, -1)).transpose(1, 2) for part in fused.chunk(3, dim=-1)
+            )
+            return (norm_q(query) if norm_q else query), (norm_k(key) if norm_k else key), value
+
+        query, key, value = split_heads(attn.to_qkv(hidden_states), attn.norm_q, attn.norm_k)
+        if encoder_hidden_states is not None:
+            text = split_heads(attn.to_added_qkv(encoder_hidden_states), attn.norm_added_q, attn.norm_added_k)
+            query, key, value = (torch.cat(pair, dim=2) for pair in zip((query, key, value), text, strict=True))
+        out = F.scaled_dot_product_attention(query, key, value).transpose(1, 2).flatten(2).to(query.dtype)
+        image_out = attn.to_out[1](attn.to_out[0](out[:, :image_tokens]))
+        if encoder_hidden_states is None:
+            return image_out
+        text_out = out[:, image_tokens:]
+        return image_out, (text_out if attn.context_pre_only else attn.to_add_out(text_out))
+
+
+def fuse_qkv_projections(transformer) -> None:
+    """Fuse the q, k and v projections of each block's joint attention into one matrix multiply per stream.
+
+    diffusers 0.42's `transformer.fuse_qkv_projections()` uses a processor that skips SD3.5's normalisation of
+    queries and keys, which changes the images, and gives MMDiT-X's extra self-attention (SD3.5 Medium) a
+    processor that fails. This keeps the normalisation and leaves the extra self-attention as it is.
+    `transformer.unfuse_qkv_projections()` undoes it.
+    """
+    transformer.original_attn_processors = transformer.attn_processors
+    for block in transformer.transformer_blocks:
+        block.attn.fuse_projections(fuse=True)
+        block.attn.set_processor(FusedJointAttention())
+
+
+def harness_overhead(pipe, *, steps: int, size: int, guidance_scale: float, runs: int = 10) -> dict[str, float]:
+    """Median of a bare `pipe(...)` loop against the same calls timed by `benchmark`: their ratio is the overhead."""
+    import torch
+
+    settings = {"num_inference_steps": steps, "height": size, "width": size, "guidance_scale": guidance_scale}
+    pipe.set_progress_bar_config(disable=True)
+    device = str(pipe._execution_device)
+    bare = []
+    for index in range(runs + 1):
+        _synchronize(device)
+        start = time.perf_counter()
+        pipe(prompt="A group of elves hunting a dragon, 4k cinema", generator=torch.Generator("cpu").manual_seed(0),
+             **settings)
+        _synchronize(device)
+        if index:  # the first call is the warm-up
+            bare.append(time.perf_counter() - start)
+    timed = benchmark(pipe, model="-", weights="-", steps=steps, size=size, guidance_scale=guidance_scale,
+                      runs=runs, progress=False)
+    bare_median = statistics.median(bare)
+    return {"bare_median_s": bare_median, "harness_median_s": timed.median, "ratio": timed.median / bare_median}
+
+
+def flops_per_step(model: str, size: int = 1024, batch: int = 2, max_sequence_length: int = 256) -> float:
+    """FLOPs of one transformer call (one denoising step; batch 2 = with CFG), counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from helpers.architecture import meta_component
+
+    transformer = meta_component(model, "transformer")
+    config = transformer.config
+    latent = size // 8
+    with torch.device("meta"):
+        inputs = {
+            "hidden_states": torch.empty(batch, config.in_channels, latent, latent),
+            "encoder_hidden_states": torch.empty(batch, 77 + max_sequence_length, config.joint_attention_dim),
+            "pooled_projections": torch.empty(batch, config.pooled_projection_dim),
+            "timestep": torch.ones(batch),
+        }
+    with FlopCounterMode(display=False) as counter:
+        transformer(**inputs, return_dict=False)
+    return float(counter.get_total_flops())
+
+
+def random_weights_pipeline(model: str, device: str, dtype):
+    """The full-size SD3.5 pipeline with random weights, built directly on `device`.
+
+    Tokenizers come from the stand-in: their token ids are valid for the real vocabularies, and the pipeline pads
+    every prompt to the real lengths (77 CLIP tokens, 256 T5 tokens), so every tensor has its real shape.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    from helpers.architecture import COMPONENTS, build_component, reference_config
+    from helpers.tiny import tiny_pipeline_dir
+
+    stand_in = StableDiffusion3Pipeline.from_pretrained(
+        tiny_pipeline_dir(), transformer=None, vae=None, text_encoder=None, text_encoder_2=None, text_encoder_3=None
+    )
+    parts = {part: build_component(model, part, device=device, dtype=dtype).eval() for part in COMPONENTS}
+    return StableDiffusion3Pipeline(
+        **parts,
+        tokenizer=stand_in.tokenizer,
+        tokenizer_2=stand_in.tokenizer_2,
+        tokenizer_3=stand_in.tokenizer_3,
+        scheduler=FlowMatchEulerDiscreteScheduler(**reference_config("scheduler")),
+    )
+
+
+def load_for_bench(args: argparse.Namespace):
+    """The pipeline a bench command asks for, after every check that can fail has passed."""
+    import torch
+
+    from helpers.loading import check_options, default_device, default_dtype, load_pipeline
+    from helpers.quantization import quantize_linear_layers_nf4
+
+    spec = get_model(args.model)
+    device = default_device()
+    t5 = "drop" if args.drop_t5 else "keep"
+    offload = args.offload
+    use_offload = check_options(spec, device, offload or "auto", args.quantize, t5)
+    if args.compile and not device.startswith("cuda"):
+        raise ValueError("--compile needs a CUDA GPU: on a CPU, compiling takes minutes and measures nothing useful.")
+    if args.weights == "random" and spec.is_stand_in:
+        raise ValueError("--weights random builds a full-size model; use it with --model large, large-turbo or medium.")
+    if args.weights == "random" and not device.startswith("cuda"):
+        raise ValueError("--weights random needs a CUDA GPU: a full-size model with random weights is for GPU timing.")
+    if args.weights == "random":
+        pipe = random_weights_pipeline(spec.name, device, default_dtype(device))
+        if args.drop_t5:
+            pipe.register_modules(text_encoder_3=None, tokenizer_3=None)
+        if args.quantize:
+            quantize_linear_layers_nf4(pipe.transformer, compute_dtype=pipe.dtype)
+        if use_offload == "model":
+            pipe.to("cpu")
+            pipe.enable_model_cpu_offload(device=device)
+        elif use_offload == "group":
+            pipe.to("cpu")
+            pipe.enable_group_offload(onload_device=torch.device(device), num_blocks_per_group=1, use_stream=True)
+    else:
+        pipe = load_pipeline(spec, offload=offload or "auto", quantize=args.quantize, t5=t5)
+    if args.fuse_qkv:
+        fuse_qkv_projections(pipe.transformer)
+    if args.compile:
+        pipe.transformer = torch.compile(pipe.transformer, mode="max-autotune", fullgraph=True)
+    return pipe
+
+
+def plot_results(results: list[BenchResult], labels: list[str]):
+    """Median time against peak memory, one labelled point per configuration."""
+    import matplotlib.pyplot as plt
+
+    if len(results) != len(labels):
+        raise ValueError(f"labels has {len(labels)} entries for {len(results)} results.")
+    figure, axis = plt.subplots(figsize=(7, 4))
+    plt.close(figure)  # shown once, when the returned figure is displayed
+    for result, label in zip(results, labels, strict=True):
+        axis.scatter(result.peak_memory_gb, result.median)
+        axis.annotate(label, (result.peak_memory_gb, result.median), textcoords="offset points", xytext=(5, 4),
+                      fontsize=8)
+    kinds = {result.memory_kind for result in results}
+    devices = {f"{result.device} ({result.gpu})" if result.gpu else result.device for result in results}
+    axis.set_xlabel(f"peak memory (GB, {' / '.join(sorted(kinds))})")
+    axis.set_ylabel("median seconds per image")
+    axis.set_title(f"time vs memory, measured on {' / '.join(sorted(devices))}")
+    axis.set_ylim(bottom=0)
+    figure.tight_layout()
+    return figure
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time SD3.5 text-to-image on this machine and print (or save) the results."""
+    parser = argparse.ArgumentParser(prog="python -m helpers.bench", description=main.__doc__)
+    parser.add_argument("--model", default="tiny", choices=list(MODELS))
+    parser.add_argument("--quantize", choices=["nf4"], help="store the transformer in NF4")
+    parser.add_argument("--offload", choices=["model", "sequential", "group"], help="CPU offload (default: none)")
+    parser.add_argument("--drop-t5", action="store_true", help="no T5 text encoder (text_encoder_3=None)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer (GPU only)")
+    parser.add_argument("--fuse-qkv", action="store_true", help="fuse the transformer's q, k, v projections")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's recommended)")
+    parser.add_argument("--size", type=int, help="height and width in pixels (default: the model's)")
+    parser.add_argument("--guidance", type=float, help="guidance scale (default: the model's recommended)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs after one warm-up (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1; 2+ with --compile)")
+    parser.add_argument("--weights", choices=["hub", "random"], default="hub",
+                        help="hub: the real checkpoint; random: full-size random weights built on the GPU")
+    parser.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    parser.add_argument("--overhead", action="store_true",
+                        help="also compare the harness with a bare loop of pipeline calls and print the ratio")
+    args = parser.parse_args(argv)
+    spec = get_model(args.model)
+    steps = spec.num_inference_steps if args.steps is None else args.steps
+    size = spec.height if args.size is None else args.size
+    guidance = spec.guidance_scale if args.guidance is None else args.guidance
+    try:
+        _check_counts(steps=steps, runs=args.runs, warmup=args.warmup)
+        if size <= 0 or size % 16:
+            raise ValueError(f"--size {size} must be a positive multiple of 16 (VAE factor 8 x patch 2), e.g. 1024.")
+        pipe = load_for_bench(args)
+    except (ValueError, MemoryError) as error:
+        parser.error(str(error))
+    options = {"quantize": args.quantize, "offload": args.offload, "drop_t5": args.drop_t5,
+               "compile": args.compile, "fuse_qkv": args.fuse_qkv}
+    result = benchmark(
+        pipe, model=spec.name, weights="stand-in" if spec.is_stand_in else args.weights, steps=steps, size=size,
+        guidance_scale=guidance, runs=args.runs, warmup=args.warmup, options=options,
+    )
+    from helpers.display import Table
+
+    print(Table([result.row()]))
+    if args.overhead:
+        overhead = harness_overhead(pipe, steps=steps, size=size, guidance_scale=guidance, runs=args.runs)
+        print(f"harness overhead: bare median {overhead['bare_median_s']:.4f} s, harness median "
+              f"{overhead['harness_median_s']:.4f} s, ratio {overhead['ratio']:.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
+        print(f"saved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

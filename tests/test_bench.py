@@ -1,0 +1,93 @@
+"""The benchmark harness, checked on the stand-in (timings are measured by it, never asserted)."""
+
+import json
+
+import pytest
+
+from helpers import loading
+from helpers.bench import BenchResult, benchmark, main, time_call
+from helpers.loading import load_pipeline
+
+
+def test_time_call_warms_up_then_times_each_run():
+    calls = []
+    seconds, peak, kind = time_call(lambda: calls.append(1), device="cpu", warmup=2, runs=3, progress=False)
+    assert len(calls) == 5 and len(seconds) == 3
+    assert all(value >= 0 for value in seconds)
+    assert kind == "process RSS" and peak > 0
+
+
+@pytest.mark.parametrize(("arguments", "message"), [({"runs": 0}, "runs=0"), ({"warmup": -1}, "warmup=-1")])
+def test_time_call_rejects_bad_counts(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        time_call(lambda: None, device="cpu", progress=False, **arguments)
+
+
+def test_benchmark_splits_the_time_into_stages():
+    pipe = load_pipeline("tiny")
+    result = benchmark(pipe, model="tiny", weights="stand-in", steps=2, size=64, guidance_scale=4.5, runs=2,
+                       progress=False)
+    assert len(result.runs) == 2
+    assert set(result.stages) == {"prompt encoding", "denoising", "VAE decode", "other"}
+    assert all(result.stages[stage] > 0 for stage in ("prompt encoding", "denoising", "VAE decode"))
+    assert sum(result.stages.values()) == pytest.approx(result.median, rel=0.05)
+    row = result.row()
+    assert row["steps"] == "2" and row["size"] == "64x64" and row["device"] == "cpu" and row["dtype"] == "float32"
+    assert "process RSS" in row["peak memory"]
+
+
+def test_command_prints_a_row_and_writes_json(tmp_path, capsys):
+    assert main(["--model", "tiny", "--runs", "2", "--steps", "2", "--size", "64", "--json",
+                 str(tmp_path / "r.json")]) == 0
+    assert "stand-in" in capsys.readouterr().out
+    data = json.loads((tmp_path / "r.json").read_text())
+    result = BenchResult(**data)
+    assert (result.model, result.weights, result.steps, result.size, len(result.runs)) == ("tiny", "stand-in", 2,
+                                                                                          64, 2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "steps=0"),
+        (["--runs", "0"], "runs=0"),
+        (["--model", "sdxl"], "invalid choice: 'sdxl'"),
+        (["--size", "100"], "--size 100 must be a positive multiple of 16"),
+        (["--quantize", "nf4", "--offload", "sequential"], "does not work with bitsandbytes"),
+        (["--compile"], "--compile needs a CUDA GPU"),
+        (["--offload", "model"], "needs a CUDA GPU"),
+        (["--model", "large", "--weights", "random"], "--weights random needs a CUDA GPU"),
+        (["--weights", "random"], "use it with --model large"),
+    ],
+)
+def test_command_rejects_bad_input_before_loading(argv, message, capsys):
+    loaded_before = dict(loading._loaded)
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+    assert loading._loaded.keys() == loaded_before.keys()  # no pipeline was loaded or even looked up
+
+
+def test_fused_qkv_gives_the_same_image_on_dual_attention_blocks():
+    import numpy as np
+    import torch
+
+    from helpers.bench import fuse_qkv_projections
+
+    pipe = load_pipeline("tiny")
+    assert pipe.transformer.config.dual_attention_layers  # MMDiT-X blocks, as in SD3.5 Medium
+    pipe.set_progress_bar_config(disable=True)
+
+    def image():
+        generator = torch.Generator("cpu").manual_seed(0)
+        return pipe(prompt="a cat", num_inference_steps=2, height=64, width=64, generator=generator,
+                    output_type="np").images[0]
+
+    plain = image()
+    fuse_qkv_projections(pipe.transformer)
+    try:
+        assert hasattr(pipe.transformer.transformer_blocks[0].attn, "to_qkv")
+        np.testing.assert_allclose(image(), plain, atol=1e-4)
+    finally:
+        pipe.transformer.unfuse_qkv_projections()
+    np.testing.assert_allclose(image(), plain, atol=1e-6)

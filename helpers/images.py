@@ -9,7 +9,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from PIL import Image, PngImagePlugin
 
 OUTPUT_VARIABLE = "SD35_OUTPUT_DIR"
 METADATA_KEY = "sd35-notebooks"
-REQUIRED_SETTINGS = ("model", "prompt", "seed", "num_inference_steps", "guidance_scale")
+STAGING_PREFIX = ".saving-"
 
 
 def output_dir() -> Path:
@@ -67,29 +67,42 @@ def save_image(
         if name in settings and settings[name] != record[name]:
             raise ValueError(f"{name}={settings[name]} does not match the image, which is {record[name]} pixels.")
     try:
-        text = json.dumps(record)
+        json.dumps(record)
     except TypeError as error:
         raise TypeError(f"save_image: every setting must be a plain number, string or list ({error}).") from None
 
     folder = Path(folder) if folder is not None else output_dir()
+    stem = f"{_slug(model)}-{_slug(prompt)}-seed{seed}"
+    names = (f"{stem}.png" if attempt == 1 else f"{stem}-{attempt}.png" for attempt in range(1, 10_000))
+    path = write_png(image, record, folder, names)
+    if path is None:
+        raise FileExistsError(f"{folder} already holds 9,999 images named {stem}*.png; choose another folder.")
+    return path
+
+
+def write_png(image: Image.Image, record: dict[str, Any], folder: Path, names: Iterable[str]) -> Path | None:
+    """Write `image` with `record` in its metadata under the first of `names` not yet taken in `folder`.
+
+    The file is written under a temporary name and then linked into place, which is atomic and never replaces an
+    existing file: a name holds a complete image or nothing, even if the process is killed. Returns the path, or
+    None when every name was taken.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
-    info.add_text(METADATA_KEY, text)
-    info.add_text("Description", prompt)
-
-    handle, staging = tempfile.mkstemp(suffix=".png", prefix=".saving-", dir=folder)
+    info.add_text(METADATA_KEY, json.dumps(record))
+    if "prompt" in record:
+        info.add_text("Description", str(record["prompt"]))
+    handle, staging = tempfile.mkstemp(suffix=".png", prefix=STAGING_PREFIX, dir=folder)
     try:
         with os.fdopen(handle, "wb") as file:
             image.save(file, format="PNG", pnginfo=info)
-        stem = f"{_slug(model)}-{_slug(prompt)}-seed{seed}"
-        for attempt in range(1, 10_000):
-            path = folder / (f"{stem}.png" if attempt == 1 else f"{stem}-{attempt}.png")
+        for name in names:
             try:
-                os.link(staging, path)  # atomic, and fails rather than replace an existing file
-                return path
+                os.link(staging, folder / name)
+                return folder / name
             except FileExistsError:
                 continue
-        raise FileExistsError(f"{folder} already holds 9,999 images named {stem}*.png; choose another folder.")
+        return None
     finally:
         os.unlink(staging)
 

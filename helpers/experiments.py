@@ -1,0 +1,277 @@
+"""Sweeps over generation settings that survive interruption, and simple image measurements you can trust.
+
+Introduced in notebook 04. Every image of a sweep is stored as a PNG named by a hash of everything that determines
+it (model, how its weights are stored, task, prompt, negative prompt, guidance, steps, size, seed, scheduler
+settings, input images), with those settings in its metadata. A sweep that is stopped (Ctrl-C, kernel restart,
+killed process) keeps every image it finished; run again, it makes only the missing ones. A file appears
+complete or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from helpers.images import STAGING_PREFIX, image_grid, output_dir, read_metadata, write_png
+
+PARAMETERS = {
+    "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "height", "width", "seed",
+    "max_sequence_length", "strength", "image", "mask_image",
+    "skip_guidance_layers", "skip_layer_guidance_scale", "skip_layer_guidance_start", "skip_layer_guidance_stop",
+}
+"""The settings a sweep can fix or vary: the pipeline's arguments, and `seed` for its generator."""
+REQUIRED = ("prompt", "num_inference_steps", "guidance_scale", "seed")
+STALE_STAGING_S = 600
+
+
+def _digest(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(buffer, format="PNG")
+    return "sha256:" + hashlib.sha256(buffer.getvalue()).hexdigest()[:16]
+
+
+def weights_signature(pipe) -> dict[str, str]:
+    """How the pipeline's weights are stored (dtype, NF4, 8-bit, or a part left out): part of every image's key."""
+    from helpers.quantization import count_4bit_layers
+
+    signature = {}
+    for part in ("transformer", "text_encoder_3"):
+        module = getattr(pipe, part, None)
+        if module is None:
+            signature[part] = "none"
+        elif count_4bit_layers(module):
+            signature[part] = "nf4"
+        elif any(type(layer).__name__ == "Linear8bitLt" for layer in module.modules()):
+            signature[part] = "int8"
+        else:
+            signature[part] = str(next(module.parameters()).dtype).removeprefix("torch.")
+    return signature
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Raise, naming the setting, its value and the fix, for anything a pipeline would reject or misread."""
+    unknown = sorted(set(settings) - PARAMETERS)
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}. Settings a sweep knows: {', '.join(sorted(PARAMETERS))}.")
+    missing = [name for name in REQUIRED if name not in settings]
+    if missing:
+        raise ValueError(f"setting {missing[0]!r} is missing; give it a value, e.g. in `fixed`.")
+    guidance, steps, seed = settings["guidance_scale"], settings["num_inference_steps"], settings["seed"]
+    if not isinstance(guidance, (int, float)) or guidance < 0:
+        raise ValueError(f"guidance_scale={guidance!r} must be 0 or more (1 or less turns guidance off).")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"num_inference_steps={steps!r} must be a whole number of at least 1.")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a whole number of 0 or more.")
+    for side in ("height", "width"):
+        value = settings.get(side)
+        if value is not None and (not isinstance(value, int) or value <= 0 or value % 16):
+            raise ValueError(f"{side}={value!r} must be a positive multiple of 16 (VAE factor 8 x patch 2).")
+    strength = settings.get("strength")
+    if strength is not None and not 0 <= strength <= 1:
+        raise ValueError(f"strength={strength!r} must be between 0 and 1.")
+
+
+def image_key(pipe, model: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Everything that determines an image, as plain data (input images by their digest)."""
+    scheduler = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
+    return {
+        "model": model,
+        "weights": weights_signature(pipe),
+        "task": type(pipe).__name__,
+        "scheduler": {type(pipe.scheduler).__name__: scheduler},
+        "settings": {
+            name: _digest(value) if isinstance(value, Image.Image) else value
+            for name, value in sorted(settings.items())
+        },
+    }
+
+
+def key_name(key: dict[str, Any]) -> str:
+    """The file name of an image: a hash of its key."""
+    text = json.dumps(key, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24] + ".png"
+
+
+def generate(
+    pipe, model: str, settings: dict[str, Any], folder: str | Path | None = None, *, on_step=None
+) -> tuple[Path, bool]:
+    """The image for `settings`, from the cache folder if it is there, else generated and stored.
+
+    Returns its path, and whether it was generated now. `on_step(step, total)` is called after each denoising step.
+    """
+    import torch
+
+    check_settings(settings)
+    folder = Path(folder) if folder is not None else output_dir() / "sweeps"
+    key = image_key(pipe, model, settings)
+    path = folder / key_name(key)
+    if path.is_file():
+        return path, False
+    arguments = {name: value for name, value in settings.items() if name != "seed"}
+    generator = torch.Generator("cpu").manual_seed(settings["seed"])
+    if on_step is not None:
+        def step_end(_pipe, step, _timestep, tensors):
+            on_step(step + 1, settings["num_inference_steps"])
+            return tensors
+
+        arguments["callback_on_step_end"] = step_end
+    image = pipe(**arguments, generator=generator).images[0]
+    written = write_png(image, {**key, "file": path.name}, folder, [path.name])
+    return path, written is not None
+
+
+@dataclass
+class Sweep:
+    """The images of a sweep, each with the settings that made it."""
+
+    fixed: dict[str, Any]
+    vary: dict[str, list]
+    entries: list[tuple[dict[str, Any], Path]]
+    generated: int
+    reused: int
+    seconds: float
+
+    def image(self, **match: Any) -> Image.Image:
+        """The one image whose varied settings equal `match`, e.g. `sweep.image(seed=1, guidance_scale=7.0)`."""
+        found = [path for settings, path in self.entries if all(settings[k] == v for k, v in match.items())]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} images match {match}; name a value for each of: {', '.join(self.vary)}.")
+        with Image.open(found[0]) as image:
+            return image.copy()
+
+    def images(self, **match: Any) -> list[Image.Image]:
+        """Every image whose settings equal `match`, in sweep order."""
+        paths = [path for settings, path in self.entries if all(settings[k] == v for k, v in match.items())]
+        return [Image.open(path).copy() for path in paths]
+
+    def figure(self, rows: str, columns: str, title: str | None = None, label=str):
+        """A grid: one row per value of `rows`, one column per value of `columns` (the others must be single)."""
+        for name in (rows, columns):
+            if name not in self.vary:
+                raise ValueError(f"{name!r} is not varied in this sweep; choose from: {', '.join(self.vary)}.")
+        others = {name: values for name, values in self.vary.items() if name not in (rows, columns)}
+        if any(len(values) > 1 for values in others.values()):
+            raise ValueError(f"the grid shows {rows} x {columns}; fix the other varied settings: {', '.join(others)}.")
+        grid = [[self.image(**{rows: r, columns: c}) for c in self.vary[columns]] for r in self.vary[rows]]
+        return image_grid(
+            grid,
+            row_labels=[f"{rows} = {label(value)}" for value in self.vary[rows]],
+            column_labels=[f"{columns} = {label(value)}" for value in self.vary[columns]],
+            title=title,
+        )
+
+
+def run_sweep(
+    pipe,
+    model: str,
+    fixed: dict[str, Any],
+    vary: dict[str, Sequence],
+    *,
+    folder: str | Path | None = None,
+    progress: bool = True,
+) -> Sweep:
+    """Generate every combination of `vary` on top of `fixed`, reusing what earlier runs stored in `folder`.
+
+    All settings are checked before the first image: an unknown name, an empty list, guidance below 0 or 0 steps
+    raise at once. Interrupting loses only the image in progress.
+    """
+    from tqdm.auto import tqdm
+
+    if not vary:
+        raise ValueError("vary is empty: name at least one setting and its values, e.g. vary={'seed': [0, 1, 2]}.")
+    for name, values in vary.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+            raise ValueError(f"vary[{name!r}]={values!r} must be a non-empty list of values.")
+    overlap = set(fixed) & set(vary)
+    if overlap:
+        raise ValueError(f"{min(overlap)!r} is both fixed and varied; keep it in one of the two.")
+    combinations = [dict(zip(vary, values, strict=True)) for values in itertools.product(*vary.values())]
+    for combination in combinations:
+        check_settings({**fixed, **combination})
+
+    folder = Path(folder) if folder is not None else output_dir() / "sweeps"
+    _remove_stale_staging(folder)
+    start = time.perf_counter()
+    entries, generated = [], 0
+    bar = tqdm(combinations, desc="sweep", disable=not progress)
+    for combination in bar:
+        path, made = generate(pipe, model, {**fixed, **combination}, folder)
+        generated += made
+        entries.append((combination, path))
+        bar.set_postfix(generated=generated, reused=len(entries) - generated)
+    return Sweep(
+        fixed=dict(fixed), vary={name: list(values) for name, values in vary.items()}, entries=entries,
+        generated=generated, reused=len(entries) - generated, seconds=time.perf_counter() - start,
+    )
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Temporary files left by a killed process; recent ones may belong to a sweep still running, so stay."""
+    if folder.is_dir():
+        for leftover in folder.glob(f"{STAGING_PREFIX}*"):
+            if time.time() - leftover.stat().st_mtime > STALE_STAGING_S:
+                leftover.unlink(missing_ok=True)
+
+
+def settings_of(path: str | Path) -> dict[str, Any]:
+    """The settings stored in a sweep image."""
+    return read_metadata(path)["settings"]
+
+
+# Measurements -------------------------------------------------------------------------------------------------
+
+COLOURS = {
+    "green": (75, 165),
+    "red": (-20, 20),
+    "yellow": (40, 70),
+    "blue": (190, 260),
+}
+"""Hue ranges in degrees (HSV) for colour_share."""
+
+
+def colour_share(image: Image.Image, colour: str | tuple[float, float], min_saturation: float = 0.25,
+                 min_value: float = 0.2) -> float:
+    """The share of pixels (0 to 1) whose hue is in `colour`'s range and that are not grey or dark.
+
+    `colour` is a name in COLOURS or a (low, high) hue range in degrees; a range may start below 0 (red wraps).
+    """
+    import numpy as np
+
+    if isinstance(colour, str) and colour not in COLOURS:
+        raise ValueError(f"colour={colour!r} is not named; use one of {', '.join(COLOURS)} or a (low, high) range.")
+    low, high = COLOURS[colour] if isinstance(colour, str) else colour
+    hsv = np.asarray(image.convert("RGB").convert("HSV"), dtype=float) / 255.0
+    hue, saturation, value = hsv[..., 0] * 360.0, hsv[..., 1], hsv[..., 2]
+    in_range = ((hue - low) % 360.0) <= (high - low)
+    return float((in_range & (saturation >= min_saturation) & (value >= min_value)).mean())
+
+
+def mean_difference(first: Image.Image, second: Image.Image) -> float:
+    """Mean absolute difference of two images' pixels, from 0 (identical) to 255."""
+    import numpy as np
+
+    if first.size != second.size:
+        raise ValueError(f"the images differ in size: {first.size} and {second.size}; compare images of one size.")
+    a = np.asarray(first.convert("RGB"), dtype=float)
+    b = np.asarray(second.convert("RGB"), dtype=float)
+    return float(np.abs(a - b).mean())
+
+
+def summarise(values: Sequence[float]) -> str:
+    """'mean ± standard deviation (n = N)', the form in which the notebooks report measurements over seeds."""
+    import statistics
+
+    if not values:
+        raise ValueError("values is empty: measure at least one image.")
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f} (n = {len(values)})"

@@ -1,0 +1,174 @@
+"""Sweeps that survive being killed, the image cache, measurements, and the slider explorer's callbacks."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers.experiments import (
+    colour_share,
+    image_key,
+    key_name,
+    mean_difference,
+    run_sweep,
+    settings_of,
+    summarise,
+)
+from helpers.images import STAGING_PREFIX
+from helpers.loading import load_pipeline
+
+FIXED = {"prompt": "a cat", "num_inference_steps": 2, "guidance_scale": 4.5, "height": 64, "width": 64}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = load_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def final_images(folder):
+    return sorted(p for p in folder.glob("*.png") if not p.name.startswith(STAGING_PREFIX))
+
+
+def test_sweep_makes_every_combination_and_reuses_them(pipe, tmp_path):
+    vary = {"seed": [0, 1], "guidance_scale": [1.0, 7.0]}
+    fixed = {k: v for k, v in FIXED.items() if k != "guidance_scale"}
+    first = run_sweep(pipe, "tiny", fixed, vary, folder=tmp_path, progress=False)
+    assert (first.generated, first.reused) == (4, 0) and len(final_images(tmp_path)) == 4
+    again = run_sweep(pipe, "tiny", fixed, vary, folder=tmp_path, progress=False)
+    assert (again.generated, again.reused) == (0, 4)
+    assert [path for _, path in again.entries] == [path for _, path in first.entries]
+    assert settings_of(first.entries[3][1]) == {**fixed, "seed": 1, "guidance_scale": 7.0}
+    figure = first.figure(rows="seed", columns="guidance_scale")
+    assert [axis.get_title() for axis in figure.get_axes()[:2]] == ["guidance_scale = 1.0", "guidance_scale = 7.0"]
+
+
+def test_sweep_image_equals_a_direct_pipeline_call(pipe, tmp_path):
+    sweep = run_sweep(pipe, "tiny", FIXED, {"seed": [3]}, folder=tmp_path, progress=False)
+    direct = pipe(**FIXED, generator=torch.Generator("cpu").manual_seed(3)).images[0]
+    assert mean_difference(sweep.image(seed=3), direct) == 0.0
+
+
+def test_everything_that_changes_an_image_changes_its_key(pipe):
+    settings = {**FIXED, "seed": 0}
+    base = key_name(image_key(pipe, "tiny", settings))
+    changed = [
+        key_name(image_key(pipe, "large", settings)),
+        key_name(image_key(pipe, "tiny", {**settings, "negative_prompt": "grass"})),
+        key_name(image_key(pipe, "tiny", {**settings, "seed": 1})),
+        key_name(image_key(load_pipeline("tiny", quantize="nf4"), "tiny", settings)),
+        key_name(image_key(load_pipeline("tiny", task="image-to-image"), "tiny",
+                           {**settings, "image": Image.new("RGB", (64, 64)), "strength": 0.5})),
+    ]
+    assert len({base, *changed}) == len(changed) + 1
+
+
+@pytest.mark.parametrize(
+    ("fixed", "vary", "message"),
+    [
+        (FIXED, {}, "vary is empty"),
+        (FIXED, {"seed": []}, "must be a non-empty list"),
+        ({**FIXED, "guidance_scale": -1.0}, {"seed": [0]}, "guidance_scale=-1.0 must be 0 or more"),
+        ({**FIXED, "num_inference_steps": 0}, {"seed": [0]}, "num_inference_steps=0"),
+        (FIXED, {"cfg": [1.0]}, "unknown setting 'cfg'"),
+        (FIXED, {"seed": [0], "prompt": ["x"]}, "'prompt' is both fixed and varied"),
+        ({**FIXED, "height": 100}, {"seed": [0]}, "height=100 must be a positive multiple of 16"),
+    ],
+)
+def test_bad_sweeps_fail_before_generating(pipe, tmp_path, fixed, vary, message):
+    with pytest.raises(ValueError, match=message):
+        run_sweep(pipe, "tiny", fixed, vary, folder=tmp_path, progress=False)
+    assert not tmp_path.exists() or final_images(tmp_path) == []
+
+
+def test_a_killed_sweep_loses_nothing_and_redoes_nothing(pipe, tmp_path):
+    fixed = {**FIXED, "num_inference_steps": 30, "height": 128, "width": 128}
+    seeds = list(range(12))
+    script = textwrap.dedent(f"""
+        from helpers.experiments import run_sweep
+        from helpers.loading import load_pipeline
+        pipe = load_pipeline("tiny")
+        pipe.set_progress_bar_config(disable=True)
+        run_sweep(pipe, "tiny", {fixed!r}, {{"seed": {seeds!r}}}, folder={str(tmp_path)!r}, progress=False)
+    """)
+    worker = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while len(final_images(tmp_path)) < 3 and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    finished = {path.name: path.read_bytes() for path in final_images(tmp_path)}
+    assert 3 <= len(finished) < len(seeds), "the sweep should have been killed midway"
+    for path in final_images(tmp_path):  # every final name holds a whole, readable image
+        with Image.open(path) as image:
+            image.load()
+
+    resumed = run_sweep(pipe, "tiny", fixed, {"seed": seeds}, folder=tmp_path, progress=False)
+    assert resumed.reused == len(finished) and resumed.generated == len(seeds) - len(finished)
+    assert {name: (tmp_path / name).read_bytes() for name in finished} == finished
+    assert len(final_images(tmp_path)) == len(seeds)
+
+
+def test_colour_share_counts_pixels_in_a_hue_range():
+    green, red, grey = Image.new("RGB", (10, 10), (30, 200, 40)), Image.new("RGB", (10, 10), (220, 20, 20)), \
+        Image.new("RGB", (10, 10), (128, 128, 128))
+    half = Image.new("RGB", (10, 10), (220, 20, 20))
+    half.paste(green.crop((0, 0, 5, 10)), (0, 0))
+    assert colour_share(green, "green") == 1.0 and colour_share(red, "green") == 0.0
+    assert colour_share(red, "red") == 1.0  # red's range wraps around 0 degrees
+    assert colour_share(grey, "green") == 0.0  # grey has no hue worth the name
+    assert colour_share(half, "green") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="colour='teal'"):
+        colour_share(green, "teal")
+
+
+def test_mean_difference_and_summary():
+    black, white = Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4), (255, 255, 255))
+    assert mean_difference(black, black) == 0.0 and mean_difference(black, white) == 255.0
+    with pytest.raises(ValueError, match="differ in size"):
+        mean_difference(black, Image.new("RGB", (5, 4)))
+    assert summarise([0.1, 0.3]) == "0.200 ± 0.141 (n = 2)"
+    with pytest.raises(ValueError, match="values is empty"):
+        summarise([])
+
+
+def test_explorer_shows_an_image_when_created_and_on_every_click(pipe, tmp_path):
+    from helpers.widgets import TextToImageExplorer
+
+    explorer = TextToImageExplorer(pipe, "tiny", prompt="a cat", guidance_scale=4.5, num_inference_steps=2,
+                                   height=64, width=64, folder=tmp_path)
+    first = bytes(explorer.image.value)
+    assert first.startswith(b"\x89PNG") and "guidance_scale=4.5" in explorer.settings.value
+    assert explorer.progress.value == explorer.progress.max == 2
+
+    explorer.guidance_scale.value = 8.0
+    explorer.button.click()
+    assert bytes(explorer.image.value) != first
+    assert "guidance_scale=8.0" in explorer.settings.value and "generated now" in explorer.settings.value
+
+    explorer.guidance_scale.value = 4.5
+    explorer.button.click()
+    assert bytes(explorer.image.value) == first and "from the cache" in explorer.settings.value
+    assert not explorer.button.disabled
+
+
+def test_explorer_steps_and_seed_change_the_image(pipe, tmp_path):
+    from helpers.widgets import TextToImageExplorer
+
+    explorer = TextToImageExplorer(pipe, "tiny", prompt="a cat", guidance_scale=4.5, num_inference_steps=2,
+                                   height=64, width=64, folder=tmp_path)
+    seen = {bytes(explorer.image.value)}
+    for control, value in ((explorer.seed, 5), (explorer.steps, 3), (explorer.negative_prompt, "grass")):
+        control.value = value
+        explorer.button.click()
+        seen.add(bytes(explorer.image.value))
+    assert len(seen) == 4
+    assert np.asarray(Image.open(min(tmp_path.glob("*.png")))).shape == (64, 64, 3)

@@ -53,6 +53,7 @@ _EXPORTS = {
     "colour_share": "experiments",
     "mean_difference": "experiments",
     "summarise": "experiments",
+    "mean_saturation": "experiments",
     "TextToImageExplorer": "widgets",
     "save_image": "images",
     "read_metadata": "images",

@@ -125,7 +125,13 @@ def generate(
             return tensors
 
         arguments["callback_on_step_end"] = step_end
-    image = pipe(**arguments, generator=generator).images[0]
+    # Callers show their own progress (a sweep's bar, an explorer's); the pipeline's bar per image would be noise.
+    previous = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**{**previous, "disable": True})
+    try:
+        image = pipe(**arguments, generator=generator).images[0]
+    finally:
+        pipe.set_progress_bar_config(**previous)
     written = write_png(image, {**key, "file": path.name}, folder, [path.name])
     return path, written is not None
 
@@ -265,6 +271,13 @@ def mean_difference(first: Image.Image, second: Image.Image) -> float:
     a = np.asarray(first.convert("RGB"), dtype=float)
     b = np.asarray(second.convert("RGB"), dtype=float)
     return float(np.abs(a - b).mean())
+
+
+def mean_saturation(image: Image.Image) -> float:
+    """Mean colour saturation (HSV, 0 grey to 1 pure colour): high guidance scales push it up."""
+    import numpy as np
+
+    return float(np.asarray(image.convert("RGB").convert("HSV"), dtype=float)[..., 1].mean() / 255.0)
 
 
 def summarise(values: Sequence[float]) -> str:

@@ -130,6 +130,13 @@ def test_colour_share_counts_pixels_in_a_hue_range():
         colour_share(green, "teal")
 
 
+def test_mean_saturation_runs_from_grey_to_pure_colour():
+    from helpers.experiments import mean_saturation
+
+    assert mean_saturation(Image.new("RGB", (4, 4), (128, 128, 128))) == 0.0
+    assert mean_saturation(Image.new("RGB", (4, 4), (255, 0, 0))) == 1.0
+
+
 def test_mean_difference_and_summary():
     black, white = Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4), (255, 255, 255))
     assert mean_difference(black, black) == 0.0 and mean_difference(black, white) == 255.0

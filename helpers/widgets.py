@@ -1,8 +1,9 @@
 """Slider explorers: change a setting, press Generate, see the image and the settings that made it.
 
-Introduced in notebook 05. Explorers generate through the sweep cache of helpers.experiments, so an image seen once
-comes back instantly, and images made by sweeps appear without being generated again. Each explorer draws its
-first image when it is created, so a notebook run top to bottom (in CI too) shows a picture without any click.
+Introduced in notebook 05 (text to image); notebooks 06 and 07 add image-to-image and inpainting. Explorers
+generate through the sweep cache of helpers.experiments, so an image seen once comes back instantly, and images
+made by sweeps appear without being generated again. Each explorer draws its first image when it is created, so a
+notebook run top to bottom (in CI too) shows a picture without any click.
 """
 
 from __future__ import annotations
@@ -11,62 +12,56 @@ import html
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from helpers.experiments import generate
+from helpers.inputs import rectangle_mask
+
+STYLE = {"description_width": "9em"}
 
 
-class TextToImageExplorer:
-    """Prompt and negative prompt boxes, sliders for guidance scale, steps and seed, a Generate button."""
+def _layout(width: str = "32em"):
+    import ipywidgets as widgets
 
-    def __init__(self, pipe, model: str, *, prompt: str, negative_prompt: str = "", guidance_scale: float,
-                 num_inference_steps: int, seed: int = 0, height: int, width: int,
-                 folder: str | Path | None = None, max_steps: int = 60):
+    return widgets.Layout(width=width)
+
+
+class Explorer:
+    """Controls on the left, the image and its settings on the right, a Generate button and a progress bar.
+
+    Subclasses say which controls there are (`controls`) and may add settings that are not controls (`fixed`).
+    """
+
+    def __init__(self, pipe, model: str, controls: dict[str, Any], fixed: dict[str, Any], *,
+                 folder: str | Path | None = None, width: int = 512):
         import ipywidgets as widgets
 
         self.pipe, self.model, self.folder = pipe, model, folder
-        self.size = {"height": height, "width": width}
-        style = {"description_width": "9em"}
-        layout = widgets.Layout(width="32em")
-        self.prompt = widgets.Textarea(value=prompt, description="prompt", style=style, layout=layout)
-        self.negative_prompt = widgets.Textarea(value=negative_prompt, description="negative prompt", style=style,
-                                                layout=layout)
-        self.guidance_scale = widgets.FloatSlider(value=guidance_scale, min=1.0, max=10.0, step=0.5,
-                                                  description="guidance scale", style=style, layout=layout)
-        self.steps = widgets.IntSlider(value=num_inference_steps, min=1, max=max(max_steps, num_inference_steps),
-                                       description="steps", style=style, layout=layout)
-        self.seed = widgets.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed", style=style)
+        self.controls, self.fixed = controls, fixed
         self.button = widgets.Button(description="Generate", button_style="primary")
-        self.progress = widgets.IntProgress(value=0, min=0, max=num_inference_steps, description="progress",
-                                            style=style)
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="progress", style=STYLE)
         self.image = widgets.Image(format="png", layout=widgets.Layout(width=f"{min(width, 512)}px"))
         self.settings = widgets.HTML()
         self.button.on_click(self.generate)
-        controls = [self.prompt, self.negative_prompt, self.guidance_scale, self.steps, self.seed]
         self.widget = widgets.HBox([
-            widgets.VBox([*controls, widgets.HBox([self.button, self.progress])]),
+            widgets.VBox([*controls.values(), widgets.HBox([self.button, self.progress])]),
             widgets.VBox([self.image, self.settings]),
         ])
         self.generate()
 
     def current_settings(self) -> dict[str, Any]:
-        """The pipeline settings the controls show now."""
-        return {
-            "prompt": self.prompt.value,
-            "negative_prompt": self.negative_prompt.value,
-            "guidance_scale": float(self.guidance_scale.value),
-            "num_inference_steps": int(self.steps.value),
-            "seed": int(self.seed.value),
-            **self.size,
-        }
+        """The pipeline settings the controls show now, with the fixed ones."""
+        return {**self.fixed, **{name: control.value for name, control in self.controls.items()}}
 
     def _on_step(self, step: int, total: int) -> None:
         self.progress.max, self.progress.value = total, step
 
     def generate(self, *_: Any) -> Path | None:
         """Make (or fetch) the image for the current settings and show it. The button calls this."""
-        settings = self.current_settings()
         self.button.disabled = True
         self.progress.value = 0
         try:
+            settings = self.current_settings()
             path, made = generate(self.pipe, self.model, settings, self.folder, on_step=self._on_step)
         except ValueError as error:  # a setting the pipeline cannot use: say which, keep the last image
             self.settings.value = f"<b>Not generated:</b> {html.escape(str(error))}"
@@ -75,12 +70,95 @@ class TextToImageExplorer:
             self.button.disabled = False
         self.progress.value = self.progress.max
         self.image.value = path.read_bytes()
-        shown = ", ".join(f"{name}={value!r}" for name, value in settings.items() if name != "prompt")
+        shown = ", ".join(f"{name}={self._describe(value)}" for name, value in settings.items() if name != "prompt")
         origin = "generated now" if made else "from the cache"
         self.settings.value = (f"<b>{html.escape(self.model)}</b>: {html.escape(settings['prompt'])}<br>"
                                f"{html.escape(shown)}<br><i>{origin}: {html.escape(path.name)}</i>")
         return path
 
+    @staticmethod
+    def _describe(value: Any) -> str:
+        return f"<{value.width}x{value.height} image>" if isinstance(value, Image.Image) else repr(value)
+
     def _repr_mimebundle_(self, **kwargs: Any):
         return self.widget._repr_mimebundle_(**kwargs)
 
+
+def _prompt_controls(prompt: str, negative_prompt: str, guidance_scale: float, num_inference_steps: int,
+                     seed: int, max_steps: int) -> dict[str, Any]:
+    import ipywidgets as widgets
+
+    return {
+        "prompt": widgets.Textarea(value=prompt, description="prompt", style=STYLE, layout=_layout()),
+        "negative_prompt": widgets.Textarea(value=negative_prompt, description="negative prompt", style=STYLE,
+                                            layout=_layout()),
+        "guidance_scale": widgets.FloatSlider(value=guidance_scale, min=1.0, max=10.0, step=0.5,
+                                              description="guidance scale", style=STYLE, layout=_layout()),
+        "num_inference_steps": widgets.IntSlider(value=num_inference_steps, min=1,
+                                                 max=max(max_steps, num_inference_steps), description="steps",
+                                                 style=STYLE, layout=_layout()),
+        "seed": widgets.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed", style=STYLE),
+    }
+
+
+def _strength_control(strength: float):
+    import ipywidgets as widgets
+
+    return widgets.FloatSlider(value=strength, min=0.05, max=1.0, step=0.05, description="strength", style=STYLE,
+                               layout=_layout())
+
+
+class TextToImageExplorer(Explorer):
+    """Prompt and negative prompt boxes, sliders for guidance scale and steps, a seed box."""
+
+    def __init__(self, pipe, model: str, *, prompt: str, negative_prompt: str = "", guidance_scale: float,
+                 num_inference_steps: int, seed: int = 0, height: int, width: int,
+                 folder: str | Path | None = None, max_steps: int = 60):
+        controls = _prompt_controls(prompt, negative_prompt, guidance_scale, num_inference_steps, seed, max_steps)
+        super().__init__(pipe, model, controls, {"height": height, "width": width}, folder=folder, width=width)
+
+
+class ImageToImageExplorer(Explorer):
+    """The text-to-image controls plus a strength slider, for one prepared input image."""
+
+    def __init__(self, pipe, model: str, image: Image.Image, *, prompt: str, negative_prompt: str = "",
+                 strength: float = 0.75, guidance_scale: float, num_inference_steps: int, seed: int = 0,
+                 folder: str | Path | None = None, max_steps: int = 60):
+        controls = _prompt_controls(prompt, negative_prompt, guidance_scale, num_inference_steps, seed, max_steps)
+        controls["strength"] = _strength_control(strength)
+        fixed = {"image": image, "height": image.height, "width": image.width}
+        super().__init__(pipe, model, controls, fixed, folder=folder, width=image.width)
+
+
+class InpaintingExplorer(Explorer):
+    """Sliders for the painted rectangle's position and size, strength and guidance, on one prepared image."""
+
+    def __init__(self, pipe, model: str, image: Image.Image, *, prompt: str, negative_prompt: str = "",
+                 box: tuple[float, float, float, float] = (0.3, 0.3, 0.7, 0.7), strength: float = 1.0,
+                 guidance_scale: float, num_inference_steps: int, seed: int = 0,
+                 folder: str | Path | None = None, max_steps: int = 60):
+        import ipywidgets as widgets
+
+        controls = _prompt_controls(prompt, negative_prompt, guidance_scale, num_inference_steps, seed, max_steps)
+        left, top, right, bottom = box
+        for name, value, low, high in (("mask left", left, 0.0, 0.95), ("mask top", top, 0.0, 0.95),
+                                       ("mask width", right - left, 0.05, 1.0),
+                                       ("mask height", bottom - top, 0.05, 1.0)):
+            controls[name] = widgets.FloatSlider(value=value, min=low, max=high, step=0.05, description=name,
+                                                 style=STYLE, layout=_layout())
+        controls["strength"] = _strength_control(strength)
+        self.source = image
+        fixed = {"image": image, "height": image.height, "width": image.width}
+        super().__init__(pipe, model, controls, fixed, folder=folder, width=image.width)
+
+    def mask_box(self) -> tuple[float, float, float, float]:
+        """The painted rectangle as fractions (left, top, right, bottom), clipped to the image."""
+        left, top = self.controls["mask left"].value, self.controls["mask top"].value
+        right = min(1.0, left + self.controls["mask width"].value)
+        bottom = min(1.0, top + self.controls["mask height"].value)
+        return left, top, right, bottom
+
+    def current_settings(self) -> dict[str, Any]:
+        settings = {name: value for name, value in super().current_settings().items() if not name.startswith("mask ")}
+        settings["mask_image"] = rectangle_mask(self.source.size, self.mask_box())
+        return settings

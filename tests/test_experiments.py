@@ -156,12 +156,12 @@ def test_explorer_shows_an_image_when_created_and_on_every_click(pipe, tmp_path)
     assert first.startswith(b"\x89PNG") and "guidance_scale=4.5" in explorer.settings.value
     assert explorer.progress.value == explorer.progress.max == 2
 
-    explorer.guidance_scale.value = 8.0
+    explorer.controls["guidance_scale"].value = 8.0
     explorer.button.click()
     assert bytes(explorer.image.value) != first
     assert "guidance_scale=8.0" in explorer.settings.value and "generated now" in explorer.settings.value
 
-    explorer.guidance_scale.value = 4.5
+    explorer.controls["guidance_scale"].value = 4.5
     explorer.button.click()
     assert bytes(explorer.image.value) == first and "from the cache" in explorer.settings.value
     assert not explorer.button.disabled
@@ -173,8 +173,8 @@ def test_explorer_steps_and_seed_change_the_image(pipe, tmp_path):
     explorer = TextToImageExplorer(pipe, "tiny", prompt="a cat", guidance_scale=4.5, num_inference_steps=2,
                                    height=64, width=64, folder=tmp_path)
     seen = {bytes(explorer.image.value)}
-    for control, value in ((explorer.seed, 5), (explorer.steps, 3), (explorer.negative_prompt, "grass")):
-        control.value = value
+    for name, value in (("seed", 5), ("num_inference_steps", 3), ("negative_prompt", "grass")):
+        explorer.controls[name].value = value
         explorer.button.click()
         seen.add(bytes(explorer.image.value))
     assert len(seen) == 4

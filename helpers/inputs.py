@@ -1,0 +1,237 @@
+"""Input images and masks for image-to-image and inpainting: loaded, checked, and sized the way SD3.5 needs.
+
+Introduced in notebook 06 (images) and 07 (masks). SD3.5 works on sides that are multiples of 16 (the VAE's factor
+8 times the transformer's patch 2). `prepare_image` scales an input so its longer side is the model's working size,
+keeps its aspect ratio, rounds both sides to multiples of 16, and says what it did. Masks are white where the
+pipeline should paint and black where it should keep the image.
+
+    python -m helpers.inputs     redraws the sample pictures in images/ that the notebooks use
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, UnidentifiedImageError
+
+MULTIPLE = 16
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "images"
+SAMPLES = {"scene": "sample_scene.png", "subject": "sample_subject.png"}
+
+
+def load_image(source: str | Path | bytes | Image.Image, *, name: str = "image") -> Image.Image:
+    """An image from a file path, raw bytes or a PIL image. Raises a clear error for anything that is not one."""
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, (bytes, bytearray)):
+        try:
+            image = Image.open(io.BytesIO(source))
+            image.load()
+        except (UnidentifiedImageError, OSError):
+            raise ValueError(f"{name}: these {len(source)} bytes are not an image PIL can read; "
+                             "pass PNG or JPEG data.") from None
+    elif isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}={str(source)!r}: no such file. Check the path (relative to the "
+                                    f"notebook's folder, {Path.cwd()}).")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                image = opened.copy()
+        except (UnidentifiedImageError, OSError):
+            raise ValueError(f"{name}={str(source)!r} is not an image file PIL can read; use a PNG or JPEG.") from None
+    else:
+        raise TypeError(f"{name} must be a path, bytes or a PIL image, not {type(source).__name__}.")
+    return image
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An input made ready for the pipeline, and a note of what was done to it."""
+
+    image: Image.Image
+    note: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+
+def working_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """Width and height with the longer side `longest`, the aspect ratio kept, both rounded to multiples of 16."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size {width}x{height} is empty.")
+    if longest <= 0 or longest % MULTIPLE:
+        raise ValueError(f"longest={longest} must be a positive multiple of {MULTIPLE}, e.g. 1024.")
+    scale = longest / max(width, height)
+
+    def snap(value: float) -> int:
+        return max(MULTIPLE, round(value * scale / MULTIPLE) * MULTIPLE)
+
+    return snap(width), snap(height)
+
+
+def prepare_image(source, longest: int = 1024) -> Prepared:
+    """The input as RGB at its working size (longer side `longest`, sides multiples of 16, aspect ratio kept)."""
+    image = load_image(source)
+    notes = []
+    if image.mode != "RGB":
+        notes.append(f"converted {image.mode} to RGB")
+        image = image.convert("RGB")
+    target = working_size(image.size, longest)
+    if target != image.size:
+        notes.append(f"resized {image.width}x{image.height} to {target[0]}x{target[1]} (aspect ratio "
+                     f"{image.width / image.height:.3f} to {target[0] / target[1]:.3f})")
+        image = image.resize(target, Image.Resampling.LANCZOS)
+    return Prepared(image, "; ".join(notes) or f"kept as it is: {image.width}x{image.height}, RGB")
+
+
+def prepare_mask(source, image_size: tuple[int, int], *, grow: int = 0, soften: int = 0,
+                 original_size: tuple[int, int] | None = None) -> Prepared:
+    """A mask for an image of `image_size`: single channel, white = paint, black = keep.
+
+    The mask must have the size of the image it was drawn for (`original_size`, default `image_size`); it is
+    resized with the image, made strictly black and white, optionally grown by `grow` pixels, and its edge
+    optionally softened over `soften` pixels so the painted area blends in.
+    """
+    import numpy as np
+
+    mask = load_image(source, name="mask")
+    expected = original_size or image_size
+    if mask.size != expected:
+        raise ValueError(f"mask is {mask.width}x{mask.height} but the image is {expected[0]}x{expected[1]}: draw "
+                         "the mask on the image it belongs to, or resize it to the image's size first.")
+    for name, value in (("grow", grow), ("soften", soften)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}={value!r} must be a whole number of pixels, 0 or more.")
+    notes = []
+    if mask.mode != "L":
+        notes.append(f"converted {mask.mode} to one channel")
+        mask = mask.convert("L")
+    if mask.size != image_size:
+        notes.append(f"resized {mask.width}x{mask.height} to {image_size[0]}x{image_size[1]}")
+        mask = mask.resize(image_size, Image.Resampling.NEAREST)
+    mask = mask.point(lambda value: 255 if value >= 128 else 0)
+    if mask.getextrema()[1] == 0:
+        raise ValueError("mask has nothing to paint: it is black everywhere. Paint the area to change in white.")
+    if grow:
+        mask = mask.filter(ImageFilter.MaxFilter(2 * grow + 1))
+        notes.append(f"grown by {grow} px")
+    if soften:
+        mask = mask.filter(ImageFilter.GaussianBlur(soften))
+        notes.append(f"edge softened over {soften} px")
+    painted = float((np.asarray(mask) >= 128).mean())
+    notes.append(f"{painted:.0%} of the image to paint")
+    return Prepared(mask, "; ".join(notes))
+
+
+def check_strength(strength: float) -> float:
+    """`strength` if it is between 0 and 1, else a clear error."""
+    if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"strength={strength!r} must be between 0 (keep the input) and 1 (ignore it entirely).")
+    return float(strength)
+
+
+# Masks without a drawing app -------------------------------------------------------------------------------
+
+def _box(size: tuple[int, int], box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """A box given as fractions of the image (left, top, right, bottom, each 0 to 1) in pixels."""
+    left, top, right, bottom = box
+    if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
+        raise ValueError(f"box={box!r} must be (left, top, right, bottom) fractions with 0 <= left < right <= 1 "
+                         "and 0 <= top < bottom <= 1.")
+    width, height = size
+    return round(left * width), round(top * height), round(right * width) - 1, round(bottom * height) - 1
+
+
+def rectangle_mask(size: tuple[int, int], box: tuple[float, float, float, float]) -> Image.Image:
+    """White (paint) inside `box`, given as fractions of the image: (left, top, right, bottom)."""
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle(_box(size, box), fill=255)
+    return mask
+
+
+def ellipse_mask(size: tuple[int, int], box: tuple[float, float, float, float]) -> Image.Image:
+    """White (paint) inside the ellipse that fills `box`, given as fractions of the image."""
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).ellipse(_box(size, box), fill=255)
+    return mask
+
+
+def mask_from_alpha(image: Image.Image, *, paint: str = "opaque") -> Image.Image:
+    """A mask from an image's transparency: paint where it is opaque (a stroke layer) or 'transparent' (holes)."""
+    if paint not in ("opaque", "transparent"):
+        raise ValueError(f"paint={paint!r} must be 'opaque' or 'transparent'.")
+    if "A" not in image.getbands():
+        raise ValueError(f"the image has no alpha channel (mode {image.mode}); save it as a PNG with transparency.")
+    alpha = image.getchannel("A").point(lambda value: 255 if value >= 128 else 0)
+    return alpha if paint == "opaque" else ImageChops.invert(alpha)
+
+
+def background_mask(subject: Image.Image, *, margin: int = 0) -> Image.Image:
+    """For background replacement: paint everything but the subject of a cut-out (transparent background),
+    keeping a `margin` of pixels around the subject untouched."""
+    mask = mask_from_alpha(subject, paint="transparent")
+    return mask.filter(ImageFilter.MinFilter(2 * margin + 1)) if margin else mask
+
+
+# Sample pictures, drawn by code -----------------------------------------------------------------------------
+
+def draw_scene(size: tuple[int, int] = (768, 512)) -> Image.Image:
+    """A simple landscape: sky, sun, hills, a lake and a house. Deterministic."""
+    width, height = size
+    image = Image.new("RGB", size)
+    draw = ImageDraw.Draw(image)
+    for y in range(height):  # sky, light towards the horizon
+        t = y / height
+        draw.line([(0, y), (width, y)], fill=(int(90 + 120 * t), int(150 + 80 * t), 235))
+    draw.ellipse([width * 0.72, height * 0.08, width * 0.86, height * 0.29], fill=(255, 214, 70))
+    draw.polygon([(0, height * 0.62), (width * 0.3, height * 0.42), (width * 0.62, height * 0.6), (width, height * 0.5),
+                  (width, height), (0, height)], fill=(70, 140, 60))
+    draw.ellipse([width * 0.05, height * 0.72, width * 0.45, height * 0.92], fill=(60, 110, 190))
+    draw.rectangle([width * 0.58, height * 0.56, width * 0.78, height * 0.8], fill=(200, 160, 120))
+    draw.polygon([(width * 0.55, height * 0.56), (width * 0.68, height * 0.42), (width * 0.81, height * 0.56)],
+                 fill=(160, 50, 40))
+    draw.rectangle([width * 0.65, height * 0.66, width * 0.7, height * 0.8], fill=(90, 60, 40))
+    return image
+
+
+def draw_subject(size: tuple[int, int] = (512, 512)) -> Image.Image:
+    """A cut-out subject on a transparent background (RGBA): a red ball on a small stand."""
+    width, height = size
+    image = Image.new("RGBA", size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([width * 0.44, height * 0.62, width * 0.56, height * 0.86], fill=(120, 120, 130, 255))
+    draw.rectangle([width * 0.3, height * 0.84, width * 0.7, height * 0.9], fill=(90, 90, 100, 255))
+    draw.ellipse([width * 0.28, height * 0.18, width * 0.72, height * 0.62], fill=(210, 40, 50, 255))
+    draw.ellipse([width * 0.38, height * 0.26, width * 0.47, height * 0.35], fill=(250, 170, 170, 255))
+    return image
+
+
+DRAWINGS = {"scene": draw_scene, "subject": draw_subject}
+
+
+def sample(name: str) -> Image.Image:
+    """A sample picture from images/ (drawn by `python -m helpers.inputs`): 'scene' or 'subject'."""
+    if name not in SAMPLES:
+        raise ValueError(f"name={name!r} is not a sample; use one of: {', '.join(SAMPLES)}.")
+    return load_image(SAMPLE_DIR / SAMPLES[name], name=name)
+
+
+def main() -> int:
+    """Redraw the sample pictures in images/."""
+    SAMPLE_DIR.mkdir(exist_ok=True)
+    for name, draw in DRAWINGS.items():
+        path = SAMPLE_DIR / SAMPLES[name]
+        draw().save(path)
+        print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -273,6 +273,19 @@ def mean_difference(first: Image.Image, second: Image.Image) -> float:
     return float(np.abs(a - b).mean())
 
 
+def region_difference(first: Image.Image, second: Image.Image, mask: Image.Image) -> dict[str, float]:
+    """Mean pixel difference (0 to 255) inside the mask's painted (white) area and outside it."""
+    import numpy as np
+
+    if not first.size == second.size == mask.size:
+        raise ValueError(f"sizes differ: {first.size}, {second.size} and mask {mask.size}; use one size for all.")
+    difference = np.abs(np.asarray(first.convert("RGB"), dtype=float) - np.asarray(second.convert("RGB"), dtype=float))
+    painted = np.asarray(mask.convert("L")) >= 128
+    if painted.all() or not painted.any():
+        raise ValueError("mask must have both painted (white) and kept (black) pixels to compare the two regions.")
+    return {"inside": float(difference[painted].mean()), "outside": float(difference[~painted].mean())}
+
+
 def mean_saturation(image: Image.Image) -> float:
     """Mean colour saturation (HSV, 0 grey to 1 pure colour): high guidance scales push it up."""
     import numpy as np

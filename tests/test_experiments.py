@@ -137,6 +137,19 @@ def test_mean_saturation_runs_from_grey_to_pure_colour():
     assert mean_saturation(Image.new("RGB", (4, 4), (255, 0, 0))) == 1.0
 
 
+def test_region_difference_separates_inside_from_outside():
+    from helpers.experiments import region_difference
+
+    before = Image.new("RGB", (10, 10))
+    after = before.copy()
+    after.paste((100, 100, 100), (0, 0, 5, 10))
+    mask = Image.new("L", (10, 10))
+    mask.paste(255, (0, 0, 5, 10))
+    assert region_difference(before, after, mask) == {"inside": 100.0, "outside": 0.0}
+    with pytest.raises(ValueError, match="both painted"):
+        region_difference(before, after, Image.new("L", (10, 10)))
+
+
 def test_mean_difference_and_summary():
     black, white = Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4), (255, 255, 255))
     assert mean_difference(black, black) == 0.0 and mean_difference(black, white) == 255.0

@@ -1,7 +1,9 @@
 """Set up the series on a fresh machine and open it, or run its tests. Needs only Python 3.11+ with pip.
 
     python3 dev.py lab     set up .venv (first time: a few minutes), then open JupyterLab on notebooks/
-    python3 dev.py test    set up .venv, then run the unit tests and every notebook (pytest + nbmake)
+    python3 dev.py test    set up .venv, then run the tests: unit tests, lint, every notebook (nbmake), and the
+                           sliders in a real JupyterLab (needs /usr/bin/chromium; skipped without it)
+    python3 dev.py strip   remove outputs from the notebooks before committing (no setup needed)
 
 Extra arguments go to JupyterLab or pytest (e.g. `python3 dev.py test -k tiny`). Setup runs again only when
 pyproject.toml changes. Without a GPU or a Hugging Face token, the notebooks run the tiny offline stand-in.
@@ -10,6 +12,7 @@ pyproject.toml changes. Without a GPU or a Hugging Face token, the notebooks run
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -41,11 +44,32 @@ def ensure_environment() -> None:
     STAMP.write_text(wanted)
 
 
+def strip_outputs(notebooks: list[Path]) -> list[Path]:
+    """Remove outputs, execution counts and execution metadata from code cells; return the notebooks changed."""
+    changed = []
+    for path in notebooks:
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        before = json.dumps(notebook, sort_keys=True)
+        for cell in notebook.get("cells", []):
+            if cell.get("cell_type") == "code":
+                cell["outputs"], cell["execution_count"] = [], None
+                cell.get("metadata", {}).pop("execution", None)
+        if json.dumps(notebook, sort_keys=True) != before:
+            path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"lab", "test"}:
+    if not argv or argv[0] not in {"lab", "test", "strip"}:
         print(__doc__)
         return 2
     command, extra = argv[0], argv[1:]
+    if command == "strip":
+        targets = [Path(arg) for arg in extra] or sorted((ROOT / "notebooks").glob("*.ipynb"))
+        for path in strip_outputs(targets):
+            print(f"stripped {path}")
+        return 0
     try:
         ensure_environment()
     except subprocess.CalledProcessError as error:

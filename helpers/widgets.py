@@ -20,7 +20,7 @@ from helpers.inputs import rectangle_mask
 STYLE = {"description_width": "9em"}
 
 
-def _layout(width: str = "32em"):
+def _layout(width: str = "33em"):
     import ipywidgets as widgets
 
     return widgets.Layout(width=width)
@@ -44,8 +44,9 @@ class Explorer:
         self.settings = widgets.HTML()
         self.button.on_click(self.generate)
         self.widget = widgets.HBox([
-            widgets.VBox([*controls.values(), widgets.HBox([self.button, self.progress])]),
-            widgets.VBox([self.image, self.settings]),
+            widgets.VBox([*controls.values(), widgets.HBox([self.button, self.progress])],
+                         layout=widgets.Layout(flex="0 0 auto", width="34em")),
+            widgets.VBox([self.image, self.settings], layout=widgets.Layout(flex="1 1 auto", margin="0 0 0 1em")),
         ])
         self.generate()
 

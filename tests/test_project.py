@@ -55,7 +55,12 @@ def test_notebook_follows_the_series_anatomy(notebook):
         assert required in headings, required
     setup_cells = [i for i, cell in enumerate(cells) if cell["cell_type"] == "code" and "setup(" in text[i]]
     assert len(setup_cells) == 1 and text[setup_cells[0] - 1].strip() == "## Setup"
-    assert "../README.md" in text[-1] or "ipynb" in text[-1]  # ends pointing the reader onwards
+    assert text[-1].startswith("## Next")
+    position = NOTEBOOKS.index(notebook)
+    onwards = f"]({NOTEBOOKS[position + 1].name})" if position + 1 < len(NOTEBOOKS) else "](../README.md"
+    assert onwards in text[-1], f"the last cell should link to {onwards[2:]}"
+    for link in re.findall(r"\]\((?!https?://)([^)#]+)", "\n".join(text)):  # every relative link resolves
+        assert (notebook.parent / link).exists(), link
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
@@ -71,3 +76,41 @@ def test_no_remote_code_pickles_or_deprecated_dtype_argument():
         assert "trust_remote_code" not in text, path
         assert "use_safetensors=False" not in text, path
         assert "torch_dtype=" not in text, path  # diffusers 0.42 takes dtype=
+
+
+def test_readme_table_matches_the_notebooks_and_every_link_resolves():
+    listed = re.findall(r"\]\(notebooks/(\d\d_[^)]+\.ipynb)\)", README)
+    assert listed == [notebook.name for notebook in NOTEBOOKS]
+    for link in re.findall(r"\]\((?!https?://)([^)#]+)", README):
+        assert (ROOT / link).exists(), link
+    for command in ("python3 dev.py lab", "python3 dev.py test", "python3 dev.py strip"):
+        assert command in README
+
+
+def test_code_is_lint_clean():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "helpers", "tests", "notebooks", "conftest.py", "dev.py"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_strip_removes_outputs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dev", ROOT / "dev.py")
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    notebook = tmp_path / "n.ipynb"
+    notebook.write_text(json.dumps({"cells": [
+        {"cell_type": "code", "source": "1", "metadata": {"execution": {"x": 1}}, "execution_count": 3,
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": "1"}]},
+        {"cell_type": "markdown", "source": "# t", "metadata": {}},
+    ], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert dev.strip_outputs([notebook]) == [notebook]
+    cell = json.loads(notebook.read_text())["cells"][0]
+    assert cell["outputs"] == [] and cell["execution_count"] is None and cell["metadata"] == {}
+    assert dev.strip_outputs([notebook]) == []  # already clean: nothing rewritten

@@ -1,0 +1,163 @@
+"""The sliders as a reader meets them: a real JupyterLab, driven in headless Chromium.
+
+JupyterLab starts on loopback with a token, throwaway settings and a copy of the notebooks (so nothing is saved into
+the repository). Chromium (Debian's, at /usr/bin/chromium) runs every cell of a notebook on the tiny stand-in, moves
+a slider, presses Generate, and the test checks that the picture and its settings changed. Screenshots are saved in
+the test's temporary folder. Without Chromium or Playwright the tests are skipped, unless SD35_REQUIRE_BROWSER=1
+(as in CI), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"]
+RUN_ALL_TIMEOUT_MS = 240_000
+
+
+def _missing() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} not found (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A running JupyterLab serving a copy of notebooks/: yields its base URL and token; stopped afterwards."""
+    missing = _missing()
+    if missing:
+        if os.environ.get("SD35_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser tests required but {missing}")
+        pytest.skip(missing)
+    scratch = tmp_path_factory.mktemp("lab")
+    served = scratch / "notebooks"
+    shutil.copytree(ROOT / "notebooks", served)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = os.urandom(16).hex()
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(scratch / "config"), "JUPYTER_RUNTIME_DIR": str(scratch / "run"),
+           "JUPYTERLAB_SETTINGS_DIR": str(scratch / "settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(scratch / "workspaces")}
+    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+               f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+               f"--ServerApp.root_dir={served}", "--LabApp.expose_app_in_browser=True", "--allow-root"]
+    log = open(scratch / "lab.log", "w")  # noqa: SIM115 (closed at teardown)
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"JupyterLab did not start; see {scratch / 'lab.log'}")
+            time.sleep(0.5)
+        yield base, token
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(lab):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+IMAGE_DIGEST = """async (element) => {
+    const bytes = await (await fetch(element.src)).arrayBuffer();
+    const digest = await crypto.subtle.digest("SHA-256", bytes);
+    return Array.from(new Uint8Array(digest)).map((b) => b.toString(16).padStart(2, "0")).join("");
+}"""
+
+
+def open_and_run_all(browser, lab, notebook: str):
+    """Open `notebook` in JupyterLab, run all its cells, and wait until the last explorer is drawn."""
+    base, token = lab
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(f"{base}/lab/tree/{notebook}?reset&token={token}")  # reset: no tabs restored from earlier tests
+    kernel = "window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel"
+    page.wait_for_function(f"() => window.jupyterapp?.shell.currentWidget?.context?.path === {notebook!r}"
+                           f" && {kernel}?.status === 'idle'", timeout=90_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    explorer = page.locator(".widget-hbox:has(.widget-image):has(button:has-text('Generate'))").last
+    explorer.locator(".widget-image").wait_for(timeout=RUN_ALL_TIMEOUT_MS)
+    page.wait_for_function(f"() => {kernel}?.status === 'idle'", timeout=RUN_ALL_TIMEOUT_MS)
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Error')")
+    assert errors.count() == 0, errors.first.inner_text()
+    explorer.scroll_into_view_if_needed()
+    return page, explorer
+
+
+def move_slider(explorer, label: str, presses: int) -> None:
+    """Move the slider named `label` by `presses` steps to the right, with the keyboard, as a reader can."""
+    handle = explorer.locator(f".widget-slider:has(label:has-text('{label}')) .noUi-handle")
+    handle.click()
+    for _ in range(presses):
+        handle.press("ArrowRight")
+
+
+def generate_and_wait(page, explorer) -> tuple[str, str]:
+    """Click Generate and wait until the picture changes; return its new digest and settings text."""
+    image = explorer.locator(".widget-image")
+    before = image.evaluate(IMAGE_DIGEST)
+    explorer.get_by_role("button", name="Generate").click()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+        after = image.evaluate(IMAGE_DIGEST)
+        if after != before:
+            return after, explorer.locator(".widget-html").inner_text()
+    raise AssertionError("the picture did not change after Generate")
+
+
+def test_guidance_slider_changes_the_picture(browser, lab, tmp_path):
+    page, explorer = open_and_run_all(browser, lab, "05_guidance_scale_tuning.ipynb")
+    settings_before = explorer.locator(".widget-html").inner_text()
+    assert "guidance_scale=4.5" in settings_before
+    move_slider(explorer, "guidance scale", 3)
+    _, settings_after = generate_and_wait(page, explorer)
+    assert "guidance_scale=6.0" in settings_after and "generated now" in settings_after
+    page.screenshot(path=tmp_path / "guidance_explorer.png", full_page=False)
+    print(f"screenshot: {tmp_path / 'guidance_explorer.png'}")
+    page.close()
+
+
+def test_inpainting_mask_slider_changes_the_picture(browser, lab, tmp_path):
+    page, explorer = open_and_run_all(browser, lab, "07_inpainting.ipynb")
+    move_slider(explorer, "mask left", 2)
+    _, settings_after = generate_and_wait(page, explorer)
+    assert "generated now" in settings_after and "mask_image=<" in settings_after
+    page.screenshot(path=tmp_path / "inpainting_explorer.png", full_page=False)
+    print(f"screenshot: {tmp_path / 'inpainting_explorer.png'}")
+    page.close()

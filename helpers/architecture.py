@@ -101,14 +101,18 @@ def build_component(model: str, component: str, *, device: str = "meta", dtype=N
         torch.set_default_dtype(previous_dtype)
 
 
+def stored_tensors(module) -> tuple[list, list]:
+    """A module's parameters and the buffers its checkpoint stores (persistent ones), each shared tensor once."""
+    persistent = set(module.state_dict(keep_vars=True))
+    return list(module.parameters()), [buffer for name, buffer in module.named_buffers() if name in persistent]
+
+
 def measure_module(component: str, module, role: str = "", *, dtype=None) -> ComponentSize:
     """Count a module's parameters and persistent buffers (shared tensors once), as its checkpoint stores them.
 
     Bytes are those of the tensors as they are, or, with `dtype`, as they would be once loaded in that dtype.
     """
-    persistent = set(module.state_dict(keep_vars=True))
-    buffers = [buffer for name, buffer in module.named_buffers() if name in persistent]
-    parameters = list(module.parameters())
+    parameters, buffers = stored_tensors(module)
     tensors = parameters + buffers
     total_values = sum(t.numel() for t in tensors)
     total_bytes = total_values * dtype.itemsize if dtype else sum(t.numel() * t.element_size() for t in tensors)

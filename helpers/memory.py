@@ -17,6 +17,7 @@ import sys
 from dataclasses import asdict, dataclass
 from functools import cache
 
+from helpers.architecture import stored_tensors
 from helpers.models import get_model
 
 FORMATS = ("fp32", "bf16", "fp16", "int8", "nf4")
@@ -100,10 +101,8 @@ def breakdown_module(component: str, module) -> Breakdown:
                 quantizable_values += layer.weight.numel()
                 quantizable_rows += layer.out_features
                 counted.add(id(layer.weight))
-    persistent = set(module.state_dict(keep_vars=True))
-    tensors = {id(t): t for t in module.parameters()}
-    tensors.update({id(b): b for name, b in module.named_buffers() if name in persistent})
-    other_values = sum(t.numel() for key, t in tensors.items() if key not in counted)
+    parameters, buffers = stored_tensors(module)
+    other_values = sum(t.numel() for t in parameters + buffers if id(t) not in counted)
     return Breakdown(quantizable_values, quantizable_rows, other_values)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import warnings
 
+from helpers.architecture import stored_tensors
+
 T5_CHOICES = ("keep", "drop", "nf4", "int8")
 QUANTIZE_CHOICES = (None, "nf4")
 
@@ -73,11 +75,9 @@ def footprint_bytes(module) -> int:
     bitsandbytes keeps a 4-bit weight's per-block scales beside the parameter (in its quant_state), where
     `parameters()` does not see them; 8-bit scales (SCB) are counted the same way.
     """
-    persistent = set(module.state_dict(keep_vars=True))
-    tensors = {id(p): p for p in module.parameters()}
-    tensors.update({id(b): b for name, b in module.named_buffers() if name in persistent})
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    for parameter in module.parameters():
+    parameters, buffers = stored_tensors(module)
+    total = sum(t.numel() * t.element_size() for t in parameters + buffers)
+    for parameter in parameters:
         state = getattr(parameter, "quant_state", None)
         if state is not None:
             total += state.absmax.numel() * state.absmax.element_size()
@@ -99,11 +99,9 @@ def unquantized_bytes(module) -> int:
 
     A 4-bit weight counts at its original shape and dtype (kept in its quant_state); other tensors as they are.
     """
-    persistent = set(module.state_dict(keep_vars=True))
-    tensors = {id(p): p for p in module.parameters()}
-    tensors.update({id(b): b for name, b in module.named_buffers() if name in persistent})
+    parameters, buffers = stored_tensors(module)
     total = 0
-    for tensor in tensors.values():
+    for tensor in parameters + buffers:
         state = getattr(tensor, "quant_state", None)
         if state is None:
             total += tensor.numel() * tensor.element_size()

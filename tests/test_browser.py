@@ -141,23 +141,22 @@ def generate_and_wait(page, explorer) -> tuple[str, str]:
     raise AssertionError("the picture did not change after Generate")
 
 
-def test_guidance_slider_changes_the_picture(browser, lab, tmp_path):
-    page, explorer = open_and_run_all(browser, lab, "05_guidance_scale_tuning.ipynb")
-    settings_before = explorer.locator(".widget-html").inner_text()
-    assert "guidance_scale=4.5" in settings_before
-    move_slider(explorer, "guidance scale", 3)
-    _, settings_after = generate_and_wait(page, explorer)
-    assert "guidance_scale=6.0" in settings_after and "generated now" in settings_after
-    page.screenshot(path=tmp_path / "guidance_explorer.png", full_page=False)
-    print(f"screenshot: {tmp_path / 'guidance_explorer.png'}")
-    page.close()
-
-
-def test_inpainting_mask_slider_changes_the_picture(browser, lab, tmp_path):
-    page, explorer = open_and_run_all(browser, lab, "07_inpainting.ipynb")
-    move_slider(explorer, "mask left", 2)
-    _, settings_after = generate_and_wait(page, explorer)
-    assert "generated now" in settings_after and "mask_image=<" in settings_after
-    page.screenshot(path=tmp_path / "inpainting_explorer.png", full_page=False)
-    print(f"screenshot: {tmp_path / 'inpainting_explorer.png'}")
+@pytest.mark.parametrize(
+    ("notebook", "slider", "presses", "before", "after"),
+    [
+        ("05_guidance_scale_tuning.ipynb", "guidance scale", 3, "guidance_scale=4.5", "guidance_scale=6.0"),
+        ("07_inpainting.ipynb", "mask left", 2, "mask_image=<", "mask_image=<"),
+    ],
+    ids=["guidance-explorer", "inpainting-explorer"],
+)
+def test_moving_a_slider_and_generating_changes_the_picture(browser, lab, tmp_path, notebook, slider, presses,
+                                                            before, after):
+    page, explorer = open_and_run_all(browser, lab, notebook)
+    assert before in explorer.locator(".widget-html").inner_text()
+    move_slider(explorer, slider, presses)
+    _, settings = generate_and_wait(page, explorer)
+    assert after in settings and "generated now" in settings
+    screenshot = tmp_path / f"{Path(notebook).stem}.png"
+    page.screenshot(path=screenshot)
+    print(f"screenshot: {screenshot}")
     page.close()

@@ -91,3 +91,17 @@ def test_fused_qkv_gives_the_same_image_on_dual_attention_blocks():
     finally:
         pipe.transformer.unfuse_qkv_projections()
     np.testing.assert_allclose(image(), plain, atol=1e-6)
+
+
+def test_random_weights_pipeline_has_the_full_size_parts():
+    import torch
+
+    from helpers.bench import random_weights_pipeline
+
+    pipe = random_weights_pipeline("medium", "meta", torch.bfloat16)  # shapes only: the GPU build, without memory
+    assert pipe.transformer.config.num_layers == 24 and pipe.transformer.config.dual_attention_layers
+    assert pipe.text_encoder_3.config.d_model == 4096 and pipe.vae.config.latent_channels == 16
+    assert pipe.scheduler.config.shift == 3.0
+    assert pipe.tokenizer.model_max_length == 77
+    ids = pipe.tokenizer_3("A group of elves hunting a dragon").input_ids
+    assert max(ids) < pipe.text_encoder_3.config.vocab_size  # the stand-in's ids are valid in the real vocabulary

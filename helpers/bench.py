@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.models import MODELS, get_model
+from helpers.models import MODELS, check_side, get_model
 
 STAGES = {
     "prompt encoding": ("text_encoder", "text_encoder_2", "text_encoder_3"),
@@ -338,7 +338,7 @@ def load_for_bench(args: argparse.Namespace):
     """The pipeline a bench command asks for, after every check that can fail has passed."""
     import torch
 
-    from helpers.loading import check_options, default_device, default_dtype, load_pipeline
+    from helpers.loading import apply_offload, check_options, default_device, default_dtype, load_pipeline
     from helpers.quantization import quantize_linear_layers_nf4
 
     spec = get_model(args.model)
@@ -358,12 +358,9 @@ def load_for_bench(args: argparse.Namespace):
             pipe.register_modules(text_encoder_3=None, tokenizer_3=None)
         if args.quantize:
             quantize_linear_layers_nf4(pipe.transformer, compute_dtype=pipe.dtype)
-        if use_offload == "model":
+        if use_offload is not None:
             pipe.to("cpu")
-            pipe.enable_model_cpu_offload(device=device)
-        elif use_offload == "group":
-            pipe.to("cpu")
-            pipe.enable_group_offload(onload_device=torch.device(device), num_blocks_per_group=1, use_stream=True)
+            apply_offload(pipe, use_offload, device)
     else:
         pipe = load_pipeline(spec, offload=offload or "auto", quantize=args.quantize, t5=t5)
     if args.fuse_qkv:
@@ -421,8 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     guidance = spec.guidance_scale if args.guidance is None else args.guidance
     try:
         _check_counts(steps=steps, runs=args.runs, warmup=args.warmup)
-        if size <= 0 or size % 16:
-            raise ValueError(f"--size {size} must be a positive multiple of 16 (VAE factor 8 x patch 2), e.g. 1024.")
+        check_side("--size", size)
         pipe = load_for_bench(args)
     except (ValueError, MemoryError) as error:
         parser.error(str(error))

@@ -22,6 +22,8 @@ from typing import Any
 from PIL import Image
 
 from helpers.images import STAGING_PREFIX, image_grid, output_dir, read_metadata, write_png
+from helpers.inputs import check_strength
+from helpers.models import check_side
 
 PARAMETERS = {
     "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "height", "width", "seed",
@@ -73,12 +75,10 @@ def check_settings(settings: dict[str, Any]) -> None:
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed={seed!r} must be a whole number of 0 or more.")
     for side in ("height", "width"):
-        value = settings.get(side)
-        if value is not None and (not isinstance(value, int) or value <= 0 or value % 16):
-            raise ValueError(f"{side}={value!r} must be a positive multiple of 16 (VAE factor 8 x patch 2).")
-    strength = settings.get("strength")
-    if strength is not None and not 0 <= strength <= 1:
-        raise ValueError(f"strength={strength!r} must be between 0 and 1.")
+        if settings.get(side) is not None:
+            check_side(side, settings[side])
+    if settings.get("strength") is not None:
+        check_strength(settings["strength"])
 
 
 def image_key(pipe, model: str, settings: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, UnidentifiedImageError
 
-MULTIPLE = 16
+from helpers.models import SIZE_MULTIPLE, check_side
+
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "images"
 SAMPLES = {"scene": "sample_scene.png", "subject": "sample_subject.png"}
 
@@ -66,12 +67,11 @@ def working_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
     width, height = size
     if width <= 0 or height <= 0:
         raise ValueError(f"image size {width}x{height} is empty.")
-    if longest <= 0 or longest % MULTIPLE:
-        raise ValueError(f"longest={longest} must be a positive multiple of {MULTIPLE}, e.g. 1024.")
+    check_side("longest", longest)
     scale = longest / max(width, height)
 
     def snap(value: float) -> int:
-        return max(MULTIPLE, round(value * scale / MULTIPLE) * MULTIPLE)
+        return max(SIZE_MULTIPLE, round(value * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
     return snap(width), snap(height)
 

@@ -202,6 +202,15 @@ def _load(pipeline_class, spec: ModelSpec, device: str, dtype, offload: str | No
     pipe = _from_pretrained(pipeline_class, spec, source, device_map=device_map, **options)
     if quantize and not on_gpu:  # diffusers' quantizer needs a GPU: build the same NF4 layers directly
         quantization.quantize_linear_layers_nf4(pipe.transformer, compute_dtype=dtype)
+    if offload is not None:
+        apply_offload(pipe, offload, device)
+    elif device_map is None:
+        pipe.to(device)  # moves the parts not yet there; diffusers moves 4-bit parts as they are
+    return pipe
+
+
+def apply_offload(pipe, offload: str, device: str) -> None:
+    """Turn on diffusers' CPU offload of one kind: 'model', 'sequential' or 'group' (one block per group)."""
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
@@ -210,9 +219,8 @@ def _load(pipeline_class, spec: ModelSpec, device: str, dtype, offload: str | No
         import torch
 
         pipe.enable_group_offload(onload_device=torch.device(device), num_blocks_per_group=1, use_stream=True)
-    elif device_map is None:
-        pipe.to(device)  # moves the parts not yet there; diffusers moves 4-bit parts as they are
-    return pipe
+    else:
+        raise ValueError(f"offload={offload!r} is not an offload; use 'model', 'sequential' or 'group'.")
 
 
 def _weights_source(spec: ModelSpec) -> tuple[object, str | None]:

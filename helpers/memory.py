@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 
 from helpers.architecture import stored_tensors
-from helpers.models import get_model
+from helpers.models import check_side, get_model
 
 FORMATS = ("fp32", "bf16", "fp16", "int8", "nf4")
 FLOAT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -209,8 +209,7 @@ def estimate(model: str, strategy: str | Strategy, size: int = 1024) -> Estimate
         name = "custom"
     if strategy.offload not in OFFLOAD_MODES:
         raise ValueError(f"offload={strategy.offload!r} is not an offload mode: {', '.join(OFFLOAD_MODES)}.")
-    if size <= 0 or size % 16:
-        raise ValueError(f"size={size} must be a positive multiple of 16 (VAE factor 8 x patch 2), e.g. 1024.")
+    check_side("size", size)
     act = activations(spec.name, size)
     w = weights(spec.name, strategy)
     text = ("text_encoder", "text_encoder_2", "text_encoder_3")

@@ -16,6 +16,18 @@ MODEL_VARIABLE = "SD35_MODEL"
 AUTO = "auto"
 
 
+SIZE_MULTIPLE = 16
+"""Image sides must be multiples of 16: the VAE shrinks by 8 and the transformer groups 2x2 latent pixels."""
+
+
+def check_side(name: str, value: object) -> int:
+    """`value` if it is a positive multiple of 16, else an error naming `name`, the value and the rule."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
+        raise ValueError(f"{name}={value!r} must be a positive multiple of {SIZE_MULTIPLE} (VAE factor 8 x patch 2), "
+                         "e.g. 1024.")
+    return value
+
+
 class UnknownModelError(ValueError):
     """A model name that is not in the registry."""
 

@@ -52,7 +52,7 @@ def test_command_prints_a_row_and_writes_json(tmp_path, capsys):
         (["--steps", "0"], "steps=0"),
         (["--runs", "0"], "runs=0"),
         (["--model", "sdxl"], "invalid choice: 'sdxl'"),
-        (["--size", "100"], "--size 100 must be a positive multiple of 16"),
+        (["--size", "100"], "--size=100 must be a positive multiple of 16"),
         (["--quantize", "nf4", "--offload", "sequential"], "does not work with bitsandbytes"),
         (["--compile"], "--compile needs a CUDA GPU"),
         (["--offload", "model"], "needs a CUDA GPU"),

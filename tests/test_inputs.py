@@ -120,30 +120,27 @@ def test_committed_samples_are_what_the_code_draws():
         assert np.array_equal(np.asarray(sample(name)), np.asarray(draw())), f"run python -m helpers.inputs ({name})"
 
 
-def test_image_to_image_explorer_updates_on_click(tmp_path):
+def explorer_on_the_scene(kind: str, task: str, folder):
+    """An explorer of the given kind on the stand-in, for the sample scene at 128 px; and its first picture."""
+    from helpers import widgets
     from helpers.loading import load_pipeline
-    from helpers.widgets import ImageToImageExplorer
 
-    pipe = load_pipeline("tiny", task="image-to-image")
     image = prepare_image(sample("scene"), longest=128).image
-    explorer = ImageToImageExplorer(pipe, "tiny", image, prompt="a castle", guidance_scale=4.5,
-                                    num_inference_steps=4, folder=tmp_path)
-    first = bytes(explorer.image.value)
-    assert Image.open(io.BytesIO(first)).size == image.size == (128, 80)
+    explorer = getattr(widgets, kind)(load_pipeline("tiny", task=task), "tiny", image, prompt="a castle",
+                                      guidance_scale=4.5, num_inference_steps=4, folder=folder)
+    return explorer, bytes(explorer.image.value)
+
+
+def test_image_to_image_explorer_updates_on_click(tmp_path):
+    explorer, first = explorer_on_the_scene("ImageToImageExplorer", "image-to-image", tmp_path)
+    assert Image.open(io.BytesIO(first)).size == (128, 80)
     explorer.controls["strength"].value = 0.3
     explorer.button.click()
     assert bytes(explorer.image.value) != first and "strength=0.3" in explorer.settings.value
 
 
 def test_inpainting_explorer_moves_the_mask(tmp_path):
-    from helpers.loading import load_pipeline
-    from helpers.widgets import InpaintingExplorer
-
-    pipe = load_pipeline("tiny", task="inpainting")
-    image = prepare_image(sample("scene"), longest=128).image
-    explorer = InpaintingExplorer(pipe, "tiny", image, prompt="a castle", guidance_scale=4.5,
-                                  num_inference_steps=4, folder=tmp_path)
-    first = bytes(explorer.image.value)
+    explorer, first = explorer_on_the_scene("InpaintingExplorer", "inpainting", tmp_path)
     assert explorer.mask_box() == pytest.approx((0.3, 0.3, 0.7, 0.7))
     explorer.controls["mask left"].value = 0.0
     explorer.controls["mask width"].value = 0.3

@@ -166,8 +166,9 @@ def plot_component_sizes(models: tuple[str, ...] = ("large", "medium")):
     """A stacked bar chart of each model's bf16 weights by part: where the memory goes."""
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 2.2 + 0.5 * len(models)))
-    plt.close(figure)  # shown once, when the returned figure is displayed
+    from helpers.images import unshown_subplots
+
+    figure, axis = unshown_subplots(figsize=(7, 2.2 + 0.5 * len(models)))
     labels = [get_model(name).title for name in models]
     left = [0.0] * len(models)
     for index, (component, (_, short_name, _)) in enumerate(COMPONENTS.items()):

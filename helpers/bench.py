@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ STAGES = {
     "denoising": ("transformer",),
     "VAE decode": ("vae.decoder",),
 }
+PROMPT = "A group of elves hunting a dragon, 4k cinema"
 H100_DENSE_BF16_TFLOPS = 989.0
 """NVIDIA's figure for the H100 SXM's dense bf16 tensor-core throughput."""
 
@@ -155,7 +156,7 @@ def time_call(call: Callable[[], Any], *, device: str, warmup: int = 1, runs: in
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     seconds = []
-    with _PeakRss() if not on_gpu else _nothing() as rss:
+    with _PeakRss() if not on_gpu else nullcontext() as rss:
         for _ in tqdm(range(runs), desc="timed runs", disable=not progress, leave=False):
             _synchronize(device)
             start = time.perf_counter()
@@ -165,11 +166,6 @@ def time_call(call: Callable[[], Any], *, device: str, warmup: int = 1, runs: in
     if on_gpu:
         return seconds, torch.cuda.max_memory_allocated() / 1e9, "GPU allocated"
     return seconds, rss.peak / 1e9, "process RSS"
-
-
-@contextmanager
-def _nothing():
-    yield None
 
 
 def _check_counts(**counts: int) -> None:
@@ -183,13 +179,13 @@ def benchmark(
     pipe,
     *,
     model: str,
-    weights: str,
+    weights: str = "hub",
     steps: int,
     size: int,
     guidance_scale: float,
     runs: int = 5,
     warmup: int = 1,
-    prompt: str = "A group of elves hunting a dragon, 4k cinema",
+    prompt: str = PROMPT,
     inputs: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
     progress: bool = True,
@@ -197,12 +193,15 @@ def benchmark(
     """Time `pipe(prompt, ...)` with these settings: medians per run and per stage, and the peak memory.
 
     `inputs` replaces the prompt with other pipeline inputs, such as prompt embeddings computed beforehand.
+    `weights` says where the weights came from ('hub' or 'random'); the stand-in is always labelled 'stand-in'.
     """
     import torch
 
     _check_counts(steps=steps, runs=runs, warmup=warmup)
     device = str(pipe._execution_device)
-    settings = {"num_inference_steps": steps, "height": size, "width": size, "guidance_scale": guidance_scale}
+    if get_model(model).is_stand_in:
+        weights = "stand-in"
+    settings = _call_settings(steps, size, guidance_scale)
     pipe.set_progress_bar_config(disable=True)
     per_run_stages: list[dict[str, float]] = []
 
@@ -266,24 +265,28 @@ def fuse_qkv_projections(transformer) -> None:
         block.attn.set_processor(FusedJointAttention())
 
 
-def harness_overhead(pipe, *, steps: int, size: int, guidance_scale: float, runs: int = 10) -> dict[str, float]:
+def _call_settings(steps: int, size: int, guidance_scale: float) -> dict[str, Any]:
+    return {"num_inference_steps": steps, "height": size, "width": size, "guidance_scale": guidance_scale}
+
+
+def harness_overhead(pipe, *, model: str, steps: int, size: int, guidance_scale: float,
+                     runs: int = 10) -> dict[str, float]:
     """Median of a bare `pipe(...)` loop against the same calls timed by `benchmark`: their ratio is the overhead."""
     import torch
 
-    settings = {"num_inference_steps": steps, "height": size, "width": size, "guidance_scale": guidance_scale}
+    settings = _call_settings(steps, size, guidance_scale)
     pipe.set_progress_bar_config(disable=True)
     device = str(pipe._execution_device)
     bare = []
     for index in range(runs + 1):
         _synchronize(device)
         start = time.perf_counter()
-        pipe(prompt="A group of elves hunting a dragon, 4k cinema", generator=torch.Generator("cpu").manual_seed(0),
-             **settings)
+        pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(0), **settings)
         _synchronize(device)
         if index:  # the first call is the warm-up
             bare.append(time.perf_counter() - start)
-    timed = benchmark(pipe, model="-", weights="-", steps=steps, size=size, guidance_scale=guidance_scale,
-                      runs=runs, progress=False)
+    timed = benchmark(pipe, model=model, steps=steps, size=size, guidance_scale=guidance_scale, runs=runs,
+                      progress=False)
     bare_median = statistics.median(bare)
     return {"bare_median_s": bare_median, "harness_median_s": timed.median, "ratio": timed.median / bare_median}
 
@@ -372,12 +375,11 @@ def load_for_bench(args: argparse.Namespace):
 
 def plot_results(results: list[BenchResult], labels: list[str]):
     """Median time against peak memory, one labelled point per configuration."""
-    import matplotlib.pyplot as plt
+    from helpers.images import unshown_subplots
 
     if len(results) != len(labels):
         raise ValueError(f"labels has {len(labels)} entries for {len(results)} results.")
-    figure, axis = plt.subplots(figsize=(7, 4))
-    plt.close(figure)  # shown once, when the returned figure is displayed
+    figure, axis = unshown_subplots(figsize=(7, 4))
     for result, label in zip(results, labels, strict=True):
         axis.scatter(result.peak_memory_gb, result.median)
         axis.annotate(label, (result.peak_memory_gb, result.median), textcoords="offset points", xytext=(5, 4),
@@ -425,14 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     options = {"quantize": args.quantize, "offload": args.offload, "drop_t5": args.drop_t5,
                "compile": args.compile, "fuse_qkv": args.fuse_qkv}
     result = benchmark(
-        pipe, model=spec.name, weights="stand-in" if spec.is_stand_in else args.weights, steps=steps, size=size,
+        pipe, model=spec.name, weights=args.weights, steps=steps, size=size,
         guidance_scale=guidance, runs=args.runs, warmup=args.warmup, options=options,
     )
     from helpers.display import Table
 
     print(Table([result.row()]))
     if args.overhead:
-        overhead = harness_overhead(pipe, steps=steps, size=size, guidance_scale=guidance, runs=args.runs)
+        overhead = harness_overhead(pipe, model=spec.name, steps=steps, size=size, guidance_scale=guidance,
+                                    runs=args.runs)
         print(f"harness overhead: bare median {overhead['bare_median_s']:.4f} s, harness median "
               f"{overhead['harness_median_s']:.4f} s, ratio {overhead['ratio']:.3f}")
     if args.json:

@@ -116,6 +116,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(text)
 
 
+def unshown_subplots(*args: Any, **kwargs: Any):
+    """`plt.subplots(...)` for a figure that a helper returns: pyplot lets go of it, so a notebook shows it once,
+    when the returned figure is displayed, and not a second time at the end of the cell."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(*args, **kwargs)
+    plt.close(figure)
+    return figure, axes
+
+
 def image_grid(
     images: Sequence[Image.Image] | Sequence[Sequence[Image.Image]],
     *,
@@ -128,8 +138,6 @@ def image_grid(
 
     Returned, not shown: it displays when it is the last line of a cell, and `figure.savefig(path)` saves it.
     """
-    import matplotlib.pyplot as plt
-
     rows = [list(images)] if images and isinstance(images[0], Image.Image) else [list(row) for row in images]
     if not rows or not rows[0]:
         raise ValueError("images is empty: give at least one image.")
@@ -138,10 +146,9 @@ def image_grid(
         if labels is not None and len(labels) != expected:
             raise ValueError(f"{name} has {len(labels)} labels for {expected} {name.split('_')[0]}s.")
 
-    figure, axes = plt.subplots(
+    figure, axes = unshown_subplots(
         len(rows), columns, squeeze=False, figsize=(cell_inches * columns, cell_inches * len(rows) + (0.4 if title else 0))
     )
-    plt.close(figure)  # shown once, by the notebook displaying the returned figure, not again by pyplot
     for r, row in enumerate(rows):
         for c in range(columns):
             axis = axes[r][c]

@@ -177,7 +177,8 @@ def _load(pipeline_class, spec: ModelSpec, device: str, dtype, offload: str | No
 
     on_gpu = str(device).startswith("cuda")
     source, token = _weights_source(spec)
-    options = {"dtype": dtype, "use_safetensors": True, "token": token}
+    weights = {"dtype": dtype, "use_safetensors": True, "token": token}  # for every part loaded on its own too
+    options = dict(weights)
     if t5 == "drop":
         options.update(text_encoder_3=None, tokenizer_3=None)
     elif t5 in ("nf4", "int8"):
@@ -186,14 +187,13 @@ def _load(pipeline_class, spec: ModelSpec, device: str, dtype, offload: str | No
         quantization.quiet_int8_cast_warning()
         options["text_encoder_3"] = T5EncoderModel.from_pretrained(
             source, subfolder="text_encoder_3", quantization_config=quantization.transformers_config(t5, dtype),
-            device_map=str(device), **options,
+            device_map=str(device), **weights,
         )
     if quantize and on_gpu:
         from diffusers import SD3Transformer2DModel
 
         options["transformer"] = SD3Transformer2DModel.from_pretrained(
-            source, subfolder="transformer", quantization_config=quantization.diffusers_nf4_config(dtype),
-            dtype=dtype, use_safetensors=True, token=token,
+            source, subfolder="transformer", quantization_config=quantization.diffusers_nf4_config(dtype), **weights,
         )
     has_quantized_parts = quantize is not None and on_gpu or t5 in ("nf4", "int8")
     # Without offload, weights load straight onto the device, never all at once into CPU memory (Colab's T4

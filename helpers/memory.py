@@ -281,12 +281,11 @@ def measure_peak_gb(function):
 
 def plot_strategies(model: str, size: int = 1024, gpus: dict[str, float] | None = None):
     """Bar chart of the estimated peak of each strategy, with the usable memory of common GPUs marked."""
-    import matplotlib.pyplot as plt
+    from helpers.images import unshown_subplots
 
     gpus = gpus or GPUS
     results = [estimate(model, name, size) for name in STRATEGIES]
-    figure, axis = plt.subplots(figsize=(8, 0.4 * len(results) + 1.5))
-    plt.close(figure)  # shown once, when the returned figure is displayed
+    figure, axis = unshown_subplots(figsize=(8, 0.4 * len(results) + 1.5))
     names = [result.strategy for result in results]
     axis.barh(names, [r.weights_on_gpu_gb for r in results], label="weights on the GPU", color="tab:blue")
     axis.barh(names, [r.activations_gb for r in results], left=[r.weights_on_gpu_gb for r in results],

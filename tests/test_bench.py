@@ -25,9 +25,9 @@ def test_time_call_rejects_bad_counts(arguments, message):
 
 def test_benchmark_splits_the_time_into_stages():
     pipe = load_pipeline("tiny")
-    result = benchmark(pipe, model="tiny", weights="stand-in", steps=2, size=64, guidance_scale=4.5, runs=2,
+    result = benchmark(pipe, model="tiny", steps=2, size=64, guidance_scale=4.5, runs=2,
                        progress=False)
-    assert len(result.runs) == 2
+    assert len(result.runs) == 2 and result.weights == "stand-in"
     assert set(result.stages) == {"prompt encoding", "denoising", "VAE decode", "other"}
     assert all(result.stages[stage] > 0 for stage in ("prompt encoding", "denoising", "VAE decode"))
     assert sum(result.stages.values()) == pytest.approx(result.median, rel=0.05)

@@ -13,7 +13,7 @@ import os
 import shutil
 import string
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
@@ -88,15 +88,15 @@ def _bpe_pieces(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     return pieces
 
 
-def _clip_tokenizer():
-    """A CLIP-style byte-level BPE: every byte is a token, and each word of WORDS is a single token."""
+def _clip_tokenizer(extra_words: Sequence[str] = ()):
+    """A CLIP-style byte-level BPE: every byte is a token, and each word of WORDS (and `extra_words`) is one token."""
     from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(f"{char}</w>" for char in alphabet)]
     ranks: dict[tuple[str, str], int] = {}
-    for word in sorted(set(WORDS)):
+    for word in sorted(set(WORDS) | set(extra_words)):
         # Join the pieces the merges so far leave, left to right. New merges rank after the old ones,
         # so words already whole stay whole.
         pieces = _bpe_pieces(word, ranks)
@@ -109,14 +109,14 @@ def _clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=list(ranks), model_max_length=77)
 
 
-def _t5_tokenizer():
-    """A T5-style Unigram tokenizer: whole words of WORDS are cheap, single characters expensive."""
+def _t5_tokenizer(extra_words: Sequence[str] = ()):
+    """A T5-style Unigram tokenizer: whole words of WORDS (and `extra_words`) are cheap, single characters dear."""
     from transformers import T5Tokenizer
 
     characters = string.ascii_letters + string.digits + string.punctuation
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
     vocab += [(char, -10.0) for char in characters]
-    vocab += [(f"▁{word}", -4.0) for word in sorted(set(WORDS))]
+    vocab += [(f"▁{word}", -4.0) for word in sorted(set(WORDS) | set(extra_words))]
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 
 

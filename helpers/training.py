@@ -1,0 +1,544 @@
+"""Training the offline model: a small SD3 pipeline that learns the toy world of helpers.world on a CPU.
+
+Introduced in notebook 08. The model is built from the same diffusers and transformers classes as SD3.5
+(SD3Transformer2DModel, a 16-channel AutoencoderKL, two CLIPTextModelWithProjection, T5EncoderModel,
+FlowMatchEulerDiscreteScheduler), only much smaller, and saved with `save_pretrained` so that it loads like
+any SD3.5 model. Training has two stages:
+
+1. the VAE learns to squeeze 64x64 pictures into 8x8x16 latents and back (reconstruction loss, a small KL term);
+2. the transformer and the three text encoders learn, together, to turn noise into the latents of a scene
+   described by its caption: flow matching, as SD3 was trained, with captions dropped 10% of the time so that
+   classifier-free guidance has an unconditional prediction to push away from, and an exponential moving
+   average (EMA) of the weights as the model that ships.
+
+Every random choice (scenes, captions, noise, noise levels) is drawn from the seed and the step number, so a run
+gives the same weights every time and a run that is stopped resumes from its last checkpoint exactly where it was.
+
+    python -m helpers.training train --out my-model       # the shipped recipe; minutes on a GPU, ~1 h on a CPU
+    python -m helpers.training train --out quick --vae-steps 50 --steps 50    # a short run that shows the loop
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from helpers import world
+
+if TYPE_CHECKING:
+    import torch
+
+CLIP_MAX_LENGTH = 16
+"""Tokens per prompt the toy's CLIP encoders read (SD3.5's read 77); captions of the toy world need at most 9."""
+T5_MAX_LENGTH = 16
+"""Tokens per prompt the toy's T5 encoder reads (`max_sequence_length`; diffusers' default is 256)."""
+EXTRA_WORDS = ["circle", "square", "triangle", "shape", "background"]
+
+TOY_CONFIGS: dict[str, dict[str, Any]] = {
+    # Two CLIP encoders of width 64 (their hidden states side by side make T5's width, 128, as 768 + 1280 pad
+    # to 4096 in SD3.5); projections of 64 each make the pooled vector of 128.
+    "text_encoder": {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "projection_dim": 64, "max_position_embeddings": CLIP_MAX_LENGTH, "hidden_act": "gelu",
+    },
+    "text_encoder_3": {
+        "d_model": 128, "d_ff": 256, "d_kv": 32, "num_heads": 4, "num_layers": 2,
+        "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 16,
+    },
+    # 64 px pictures / VAE factor 8 = 8x8 latents; patch 2 gives 16 image tokens. pos_embed_max_size 16 allows
+    # up to 256 px. qk RMS-norm as in SD3.5.
+    "transformer": {
+        "sample_size": 8, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 6,
+        "attention_head_dim": 32, "num_attention_heads": 4, "joint_attention_dim": 128,
+        "caption_projection_dim": 128, "pooled_projection_dim": 128, "pos_embed_max_size": 16,
+        "qk_norm": "rms_norm",
+    },
+    # Four levels give SD3.5's scale factor 8; 16 latent channels as in SD3.5.
+    "vae": {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [16, 32, 32, 32],
+        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "layers_per_block": 1, "norm_num_groups": 8, "sample_size": world.SIZE, "use_quant_conv": False,
+        "use_post_quant_conv": False,
+    },
+    "scheduler": {"num_train_timesteps": 1000, "shift": 3.0},
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the trained weights. The defaults are the shipped model's recipe."""
+
+    seed: int = 0
+    pool: int = 30000
+    """How many scenes are drawn for training (each seen many times, with different captions and noise)."""
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-6
+    steps: int = 8000
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    """Share of captions replaced by "" (so the model also learns the unconditional prediction CFG needs)."""
+    t5_dropout: float = 0.1
+    """Share of examples whose T5 embeddings are zeroed, as the pipeline does when T5 is left out."""
+    attribute_dropout: float = 0.3
+    """Chance that each of colour, shape and background is left out of a caption."""
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    checkpoint_every: int = 250
+
+
+@dataclass
+class Progress:
+    """What a run has done so far: saved in its checkpoints, and with the model when it is finished."""
+
+    vae_step: int = 0
+    step: int = 0
+    vae_loss: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    latent_shift: float | None = None
+    latent_scale: float | None = None
+
+
+def code_version() -> str:
+    """A digest of the code that defines the toy world and the training: it changes when either changes."""
+    digest = hashlib.sha256()
+    for module in (world, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def toy_tokenizers():
+    """The tokenizers of the toy: the stand-in's, knowing the toy world's words, with the toy's CLIP length."""
+    from helpers.tiny import _clip_tokenizer, _t5_tokenizer
+
+    clip, t5 = _clip_tokenizer(EXTRA_WORDS), _t5_tokenizer(EXTRA_WORDS)
+    clip.model_max_length = CLIP_MAX_LENGTH
+    return clip, t5
+
+
+def build_toy_pipeline(seed: int = 0):
+    """The untrained toy pipeline: SD3.5's classes at the toy's sizes, weights drawn from `seed`."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    clip_tokenizer, t5_tokenizer = toy_tokenizers()
+    clip = CLIPTextConfig(
+        **TOY_CONFIGS["text_encoder"], vocab_size=len(clip_tokenizer), bos_token_id=clip_tokenizer.bos_token_id,
+        eos_token_id=clip_tokenizer.eos_token_id, pad_token_id=clip_tokenizer.pad_token_id,
+    )
+    t5 = T5Config(
+        **TOY_CONFIGS["text_encoder_3"], vocab_size=len(t5_tokenizer), pad_token_id=t5_tokenizer.pad_token_id,
+        eos_token_id=t5_tokenizer.eos_token_id, decoder_start_token_id=0, dropout_rate=0.0,
+    )
+    parts = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        parts["transformer"] = SD3Transformer2DModel(**TOY_CONFIGS["transformer"])
+        parts["vae"] = AutoencoderKL(**TOY_CONFIGS["vae"])
+        parts["text_encoder"] = CLIPTextModelWithProjection(clip)
+        parts["text_encoder_2"] = CLIPTextModelWithProjection(clip)
+        parts["text_encoder_3"] = T5EncoderModel(t5)
+    return StableDiffusion3Pipeline(
+        **parts, tokenizer=clip_tokenizer, tokenizer_2=clip_tokenizer, tokenizer_3=t5_tokenizer,
+        scheduler=FlowMatchEulerDiscreteScheduler(**TOY_CONFIGS["scheduler"]),
+    )
+
+
+# --- Data ------------------------------------------------------------------------------------------------------
+
+
+def training_caption(spec: world.Scene, rng: random.Random, recipe: Recipe) -> str:
+    """The caption a training example gets: empty at the caption-dropout rate, else the scene's caption with
+    each attribute left out at the attribute-dropout rate (never all three)."""
+    if rng.random() < recipe.caption_dropout:
+        return ""
+    while True:
+        keep = [rng.random() >= recipe.attribute_dropout for _ in range(3)]
+        if any(keep):
+            break
+    return world.caption(spec.colour if keep[0] else None, spec.shape if keep[1] else None,
+                         spec.background if keep[2] else None)
+
+
+def pictures_to_tensor(pictures) -> torch.Tensor:
+    """uint8 pictures (N, H, W, 3) as the VAE's input: float (N, 3, H, W) in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(pictures).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+POOL_SEEDS_START = 10_000_000
+"""Training scenes are those of seeds from here on; evaluations use seeds below it, scenes the model never saw."""
+
+
+def pool_seeds(recipe: Recipe) -> range:
+    start = POOL_SEEDS_START + recipe.seed * recipe.pool
+    return range(start, start + recipe.pool)
+
+
+def scene_pool(recipe: Recipe, work: Path | None = None):
+    """The training scenes and their pictures (uint8, N x 64 x 64 x 3), kept in `work` once drawn."""
+    import numpy as np
+
+    seeds = pool_seeds(recipe)
+    scenes = [world.random_scene(random.Random(seed)) for seed in seeds]
+    cached = None if work is None else work / "pool.npy"
+    if cached is not None and cached.is_file():
+        return scenes, np.load(cached)
+    pictures = np.stack([item.draw() for item in scenes])
+    if cached is not None:
+        staging = cached.with_name(".pool.partial.npy")
+        np.save(staging, pictures)
+        os.replace(staging, cached)
+    return scenes, pictures
+
+
+def batch_indices(recipe: Recipe, stage: str, step: int, size: int) -> list[int]:
+    """Which pool scenes one batch holds: different for every stage and step, the same on every run."""
+    return step_rng(recipe, f"{stage}-batch", step).sample(range(recipe.pool), size)
+
+
+def step_rng(recipe: Recipe, stage: str, step: int) -> random.Random:
+    """The random choices of one step (captions, dropouts), the same on every run."""
+    return random.Random(f"{recipe.seed}-{stage}-{step}")
+
+
+def step_seed(recipe: Recipe, stage: str, step: int) -> int:
+    """A torch seed for one step's noise, the same on every run (Python's own hash() of text is not)."""
+    return int(hashlib.sha256(f"{recipe.seed}-{stage}-{step}-noise".encode()).hexdigest()[:8], 16)
+
+
+# --- Checkpoints -----------------------------------------------------------------------------------------------
+
+
+def _save_atomic(payload: dict, path: Path) -> None:
+    import torch
+
+    staging = path.with_name(f".{path.name}.partial")
+    torch.save(payload, staging)
+    os.replace(staging, path)
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+
+
+# --- Stage 1: the VAE ------------------------------------------------------------------------------------------
+
+
+def _learning_rate(recipe: Recipe, step: int, base: float, total: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the base rate."""
+    if step < recipe.warmup:
+        return base * (step + 1) / recipe.warmup
+    progress = (step - recipe.warmup) / max(1, total - recipe.warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_vae(vae, pictures, recipe: Recipe, progress: Progress, checkpoint: Path, *,
+              show_progress: bool = True) -> None:
+    """Train the VAE to `recipe.vae_steps`, resuming from `checkpoint` and saving to it as it goes."""
+    import torch
+    from tqdm.auto import tqdm
+
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    saved = _load_checkpoint(checkpoint)
+    if saved is not None and saved["stage"] == "vae":
+        vae.load_state_dict(saved["vae"])
+        optimizer.load_state_dict(saved["optimizer"])
+    vae.train()
+    bar = tqdm(total=recipe.vae_steps, initial=progress.vae_step, desc="VAE", disable=not show_progress)
+    started = time.monotonic()
+    while progress.vae_step < recipe.vae_steps:
+        step = progress.vae_step
+        images = pictures_to_tensor(pictures[batch_indices(recipe, "vae", step, recipe.vae_batch)])
+        torch.manual_seed(step_seed(recipe, "vae", step))
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(recipe, step, recipe.vae_lr, recipe.vae_steps)
+        posterior = vae.encode(images).latent_dist
+        decoded = vae.decode(posterior.sample()).sample
+        reconstruction = torch.nn.functional.mse_loss(decoded, images) + 0.1 * (decoded - images).abs().mean()
+        kl = posterior.kl().mean() / images[0].numel()
+        loss = reconstruction + recipe.vae_kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        progress.vae_step += 1
+        progress.vae_loss.append(round(float(reconstruction), 6))
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(reconstruction):.4f}")
+        if progress.vae_step % recipe.checkpoint_every == 0 or progress.vae_step == recipe.vae_steps:
+            progress.seconds += time.monotonic() - started
+            started = time.monotonic()
+            _save_atomic({"stage": "vae", "vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                          "progress": asdict(progress)}, checkpoint)
+    bar.close()
+    vae.eval()
+
+
+def latent_statistics(vae, pictures, count: int = 2048) -> tuple[float, float]:
+    """The shift and scale that make the VAE's latents of the toy world mean 0 and standard deviation 1, as
+    SD3.5's VAE config holds them (its `shift_factor` and `scaling_factor`)."""
+    import torch
+
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(pictures_to_tensor(pictures[i : i + 128])).latent_dist.mean
+                             for i in range(0, count, 128)])
+    shift = float(latents.mean())
+    return round(shift, 4), round(1.0 / float((latents - shift).std()), 4)
+
+
+# --- Stage 2: the transformer and the text encoders ------------------------------------------------------------
+
+
+TRAINED_PARTS = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def _trained_parameters(pipe) -> list:
+    return [parameter for part in TRAINED_PARTS for parameter in getattr(pipe, part).parameters()]
+
+
+def flow_matching_loss(pipe, recipe: Recipe, step: int, latents: torch.Tensor, captions: list[str],
+                       drop_t5: torch.Tensor) -> torch.Tensor:
+    """The loss of one batch: noise the latents to random levels, ask the transformer for the velocity
+    (noise minus latent) that leads back, compare with the truth.
+
+    Noise levels follow SD3's recipe: a logit-normal draw, then the scheduler's shift (3.0), which puts more of
+    the training on high noise where the composition is decided.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(step_seed(recipe, "transformer", step))
+    shift = pipe.scheduler.config.shift
+    u = torch.sigmoid(recipe.logit_mean + recipe.logit_std * torch.randn(len(latents), generator=generator))
+    sigmas = shift * u / (1 + (shift - 1) * u)
+    noise = torch.randn(latents.shape, generator=generator)
+    noisy = (1 - sigmas[:, None, None, None]) * latents + sigmas[:, None, None, None] * noise
+    prompt_embeds, _, pooled, _ = pipe.encode_prompt(
+        captions, captions, captions, do_classifier_free_guidance=False, max_sequence_length=T5_MAX_LENGTH,
+        device=torch.device("cpu"),
+    )
+    t5_start = prompt_embeds.shape[1] - T5_MAX_LENGTH
+    keep = (~drop_t5).float()[:, None, None]
+    prompt_embeds = torch.cat([prompt_embeds[:, :t5_start], prompt_embeds[:, t5_start:] * keep], dim=1)
+    velocity = pipe.transformer(hidden_states=noisy, timestep=sigmas * 1000, encoder_hidden_states=prompt_embeds,
+                                pooled_projections=pooled, return_dict=False)[0]
+    return torch.nn.functional.mse_loss(velocity, noise - latents)
+
+
+def encode_pool(vae, pictures, *, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's latent distribution (mean, standard deviation) of every picture, computed once."""
+    import torch
+
+    means, stds = [], []
+    with torch.no_grad():
+        for start in range(0, len(pictures), chunk):
+            dist = vae.encode(pictures_to_tensor(pictures[start : start + chunk])).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def sample_latents(vae, means, stds, indices, generator) -> torch.Tensor:
+    """A draw from the latent distribution of each picture, scaled as the SD3 pipelines scale latents:
+    (sample - shift_factor) * scaling_factor."""
+    import torch
+
+    sample = means[indices] + stds[indices] * torch.randn(means[indices].shape, generator=generator)
+    return (sample - vae.config.shift_factor) * vae.config.scaling_factor
+
+
+def train_transformer(pipe, ema, scenes, pictures, recipe: Recipe, progress: Progress, checkpoint: Path, *,
+                      show_progress: bool = True) -> None:
+    """Train the transformer and text encoders to `recipe.steps`, updating the EMA copy `ema` (a dict of
+    tensors), resuming from `checkpoint` and saving to it as it goes."""
+    import torch
+    from tqdm.auto import tqdm
+
+    parameters = _trained_parameters(pipe)
+    names = [name for part in TRAINED_PARTS for name, _ in getattr(pipe, part).named_parameters(prefix=part)]
+    optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.99))
+    saved = _load_checkpoint(checkpoint)
+    if saved is not None and saved["stage"] == "transformer":
+        for part in TRAINED_PARTS:
+            getattr(pipe, part).load_state_dict(saved[part])
+        optimizer.load_state_dict(saved["optimizer"])
+        ema.update(saved["ema"])
+    for part in TRAINED_PARTS:
+        getattr(pipe, part).train()
+    means, stds = encode_pool(pipe.vae, pictures)
+    bar = tqdm(total=recipe.steps, initial=progress.step, desc="transformer", disable=not show_progress)
+    started = time.monotonic()
+    while progress.step < recipe.steps:
+        step = progress.step
+        rng = step_rng(recipe, "transformer", step)
+        indices = batch_indices(recipe, "transformer", step, recipe.batch)
+        captions = [training_caption(scenes[index], rng, recipe) for index in indices]
+        drop_t5 = torch.tensor([rng.random() < recipe.t5_dropout for _ in indices])
+        latents = sample_latents(pipe.vae, means, stds, indices, torch.Generator().manual_seed(rng.randrange(2**31)))
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(recipe, step, recipe.lr, recipe.steps)
+        loss = flow_matching_loss(pipe, recipe, step, latents, captions, drop_t5)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        # The EMA warms up: early on it follows the weights closely, later it averages over ~1/(1-decay) steps.
+        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for name, parameter in zip(names, parameters, strict=True):
+                ema[name].mul_(decay).add_(parameter.detach(), alpha=1 - decay)
+        progress.step += 1
+        progress.loss.append(round(float(loss), 6))
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(progress.loss[-50:]) / len(progress.loss[-50:]):.4f}")
+        if progress.step % recipe.checkpoint_every == 0 or progress.step == recipe.steps:
+            progress.seconds += time.monotonic() - started
+            started = time.monotonic()
+            _save_atomic({"stage": "transformer", **{part: getattr(pipe, part).state_dict() for part in TRAINED_PARTS},
+                          "vae": pipe.vae.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema,
+                          "progress": asdict(progress)}, checkpoint)
+    bar.close()
+
+
+def _apply_ema(pipe, ema: dict) -> None:
+    import torch
+
+    with torch.no_grad():
+        for part in TRAINED_PARTS:
+            for name, parameter in getattr(pipe, part).named_parameters(prefix=part):
+                parameter.copy_(ema[name])
+
+
+# --- The whole run ---------------------------------------------------------------------------------------------
+
+
+def train(out: str | Path, recipe: Recipe = Recipe(), *, work: str | Path | None = None,
+          show_progress: bool = True, save_dtype: str = "float16") -> Path:
+    """Train the toy pipeline by `recipe` and save it to `out` (the EMA weights, in `save_dtype`), with
+    `training.json` beside it: the recipe, the code version, the losses and how long it took.
+
+    Checkpoints go to `work` (default: `out` + '.work'); run the same command again after a stop to resume.
+    """
+    import torch
+
+    out = Path(out)
+    work = Path(work) if work is not None else out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = work / "checkpoint.pt"
+    recipe_file = work / "recipe.json"
+    wanted = {"recipe": asdict(recipe), "code": code_version()}
+    if recipe_file.is_file() and json.loads(recipe_file.read_text()) != wanted:
+        raise ValueError(f"work={str(work)!r} holds checkpoints of another recipe or code version: delete that folder "
+                         "to start again, or pass another --work folder.")
+    recipe_file.write_text(json.dumps(wanted, indent=1))
+
+    pipe = build_toy_pipeline(recipe.seed)
+    scenes, pictures = scene_pool(recipe, work)
+    saved = _load_checkpoint(checkpoint)
+    progress = Progress(**saved["progress"]) if saved else Progress()
+    if saved and saved["stage"] == "transformer":
+        pipe.vae.load_state_dict(saved["vae"])
+    else:
+        train_vae(pipe.vae, pictures, recipe, progress, checkpoint, show_progress=show_progress)
+    pipe.vae.eval()
+    if progress.latent_shift is None:
+        progress.latent_shift, progress.latent_scale = latent_statistics(pipe.vae, pictures)
+    pipe.vae.register_to_config(shift_factor=progress.latent_shift, scaling_factor=progress.latent_scale)
+    pipe.vae.requires_grad_(False)
+
+    ema = {name: parameter.detach().clone() for part in TRAINED_PARTS
+           for name, parameter in getattr(pipe, part).named_parameters(prefix=part)}
+    train_transformer(pipe, ema, scenes, pictures, recipe, progress, checkpoint, show_progress=show_progress)
+    _apply_ema(pipe, ema)
+    for part in (*TRAINED_PARTS, "vae"):
+        getattr(pipe, part).eval().requires_grad_(False)
+
+    staging = out.with_name(f".{out.name}.partial")
+    pipe.to(getattr(torch, save_dtype)).save_pretrained(staging, safe_serialization=True)
+    summary = {
+        "code_version": code_version(),
+        "recipe": asdict(recipe),
+        "configs": TOY_CONFIGS,
+        "clip_max_length": CLIP_MAX_LENGTH,
+        "t5_max_length": T5_MAX_LENGTH,
+        "saved_dtype": save_dtype,
+        "vae_steps": progress.vae_step,
+        "steps": progress.step,
+        "final_vae_loss": _tail_mean(progress.vae_loss),
+        "final_loss": _tail_mean(progress.loss),
+        "loss_curve": _curve(progress.loss),
+        "vae_loss_curve": _curve(progress.vae_loss),
+        "latent_shift": progress.latent_shift,
+        "latent_scale": progress.latent_scale,
+        "training_seconds": round(progress.seconds),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+    }
+    (staging / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return out
+
+
+def _tail_mean(values: list[float], count: int = 100) -> float | None:
+    tail = values[-count:]
+    return round(sum(tail) / len(tail), 5) if tail else None
+
+
+def _curve(values: list[float], points: int = 40) -> list[tuple[int, float]]:
+    """The loss every len/points steps, each the mean of the steps since the previous point."""
+    if not values:
+        return []
+    every = max(1, len(values) // points)
+    return [(end, round(sum(values[end - every : end]) / every, 5)) for end in range(every, len(values) + 1, every)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.training", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("train", help="train the toy pipeline (resumes where a stopped run left off)")
+    run.add_argument("--out", required=True, help="folder to save the trained pipeline to")
+    run.add_argument("--work", help="folder for checkpoints (default: OUT.work)")
+    defaults = Recipe()
+    for name in ("seed", "vae_steps", "steps", "batch", "vae_batch", "checkpoint_every"):
+        run.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    arguments = parser.parse_args(argv)
+    recipe_values = {name: getattr(arguments, name)
+                     for name in ("seed", "vae_steps", "steps", "batch", "vae_batch", "checkpoint_every")}
+    for name, value in recipe_values.items():
+        if value < (0 if name == "seed" else 1):
+            parser.error(f"--{name.replace('_', '-')}={value} must be {'0 or more' if name == 'seed' else 'at least 1'}.")
+    out = train(arguments.out, Recipe(**recipe_values), work=arguments.work)
+    print(f"saved the trained pipeline to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

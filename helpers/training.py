@@ -288,9 +288,9 @@ def train_vae(vae, pictures, recipe: Recipe, progress: Progress, checkpoint: Pat
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         progress.vae_step += 1
-        progress.vae_loss.append(round(float(reconstruction), 6))
+        progress.vae_loss.append(round(reconstruction.item(), 6))
         bar.update(1)
-        bar.set_postfix(loss=f"{float(reconstruction):.4f}")
+        bar.set_postfix(loss=f"{progress.vae_loss[-1]:.4f}")
         if progress.vae_step % recipe.checkpoint_every == 0 or progress.vae_step == recipe.vae_steps:
             progress.seconds += time.monotonic() - started
             started = time.monotonic()
@@ -305,9 +305,10 @@ def latent_statistics(vae, pictures, count: int = 2048) -> tuple[float, float]:
     SD3.5's VAE config holds them (its `shift_factor` and `scaling_factor`)."""
     import torch
 
+    pictures = pictures[:count]
     with torch.no_grad():
         latents = torch.cat([vae.encode(pictures_to_tensor(pictures[i : i + 128])).latent_dist.mean
-                             for i in range(0, count, 128)])
+                             for i in range(0, len(pictures), 128)])
     shift = float(latents.mean())
     return round(shift, 4), round(1.0 / float((latents - shift).std()), 4)
 
@@ -413,7 +414,7 @@ def train_transformer(pipe, ema, scenes, pictures, recipe: Recipe, progress: Pro
             for name, parameter in zip(names, parameters, strict=True):
                 ema[name].mul_(decay).add_(parameter.detach(), alpha=1 - decay)
         progress.step += 1
-        progress.loss.append(round(float(loss), 6))
+        progress.loss.append(round(loss.item(), 6))
         bar.update(1)
         bar.set_postfix(loss=f"{sum(progress.loss[-50:]) / len(progress.loss[-50:]):.4f}")
         if progress.step % recipe.checkpoint_every == 0 or progress.step == recipe.steps:

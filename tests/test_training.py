@@ -1,0 +1,86 @@
+"""Training the toy model: a few steps on a small pool. Losses fall, runs repeat exactly, a killed run resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import training
+
+SHORT = training.Recipe(pool=128, vae_steps=12, vae_batch=8, steps=40, batch=8, warmup=2, checkpoint_every=4)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return {f"{path.parent.name}/{name}": tensor for path in sorted(folder.glob("*/*.safetensors"))
+            for name, tensor in load_file(path).items()}
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> Path:
+    return training.train(tmp_path_factory.mktemp("run") / "model", SHORT, show_progress=False)
+
+
+def test_a_short_run_saves_a_pipeline_with_its_recipe(short_run):
+    summary = json.loads((short_run / "training.json").read_text())
+    assert summary["steps"] == SHORT.steps and summary["vae_steps"] == SHORT.vae_steps
+    assert summary["recipe"]["seed"] == SHORT.seed and summary["code_version"] == training.code_version()
+    assert summary["t5_max_length"] == training.T5_MAX_LENGTH
+    assert all(tensor.dtype == torch.float16 for tensor in weights(short_run).values())
+    vae = json.loads((short_run / "vae" / "config.json").read_text())
+    assert vae["scaling_factor"] == summary["latent_scale"] and vae["shift_factor"] == summary["latent_shift"]
+
+
+def test_losses_fall(short_run):
+    summary = json.loads((short_run / "training.json").read_text())
+    vae = [loss for _, loss in summary["vae_loss_curve"]]
+    assert sum(vae[-3:]) < sum(vae[:3])
+    curve = [loss for _, loss in summary["loss_curve"]]
+    assert sum(curve[-3:]) < sum(curve[:3])
+
+
+def test_the_same_recipe_gives_the_same_weights(short_run, tmp_path):
+    again = training.train(tmp_path / "model", SHORT, show_progress=False)
+    first, second = weights(short_run), weights(again)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(short_run, tmp_path):
+    out, work = tmp_path / "model", tmp_path / "work"
+    recipe = ", ".join(f"{name}={value!r}" for name, value in vars(SHORT).items())
+    script = (f"from helpers import training; training.train({str(out)!r}, training.Recipe({recipe}), "
+              f"work={str(work)!r}, show_progress=False)")
+    process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    # Kill it hard once the transformer stage has saved a checkpoint, part-way through.
+    while time.monotonic() < deadline and process.poll() is None:
+        checkpoint = work / "checkpoint.pt"
+        if checkpoint.is_file() and torch.load(checkpoint, weights_only=False)["stage"] == "transformer":
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not out.exists()
+    resumed = training.train(out, SHORT, work=work, show_progress=False)
+    first, second = weights(short_run), weights(resumed)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_a_work_folder_of_another_recipe_is_refused(short_run, tmp_path):
+    other = training.Recipe(**{**vars(SHORT), "steps": SHORT.steps + 1})
+    with pytest.raises(ValueError, match="holds checkpoints of another recipe"):
+        training.train(tmp_path / "model", other, work=short_run.with_name("model.work"), show_progress=False)
+
+
+def test_the_command_line_refuses_bad_numbers(capsys):
+    with pytest.raises(SystemExit):
+        training.main(["train", "--out", "x", "--steps", "0"])
+    assert "--steps=0 must be at least 1" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Test settings shared by the unit tests and the notebooks that nbmake runs.
 
-Everything runs on the tiny offline stand-in, in throwaway folders, with no Hugging Face token in sight.
+Notebooks run on the offline toy model (unit tests name the model they need, mostly the random `tiny` stand-in),
+in throwaway folders, with no Hugging Face token in sight.
 Set here, in the environment, so notebook kernels started by nbmake inherit the same settings.
 """
 
@@ -16,7 +17,7 @@ POLL_SLICE_S = 1.0
 
 def pytest_configure(config) -> None:
     scratch = tempfile.mkdtemp(prefix="sd35-tests-")
-    os.environ["SD35_MODEL"] = "tiny"
+    os.environ["SD35_MODEL"] = "toy"
     os.environ["SD35_CACHE_DIR"] = os.path.join(scratch, "cache")
     os.environ["SD35_OUTPUT_DIR"] = os.path.join(scratch, "outputs")
     os.environ["HF_HOME"] = os.path.join(scratch, "hf-home")  # no cached login

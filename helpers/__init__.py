@@ -1,4 +1,4 @@
-"""Helpers for the SD3.5 notebook series: setup, model loading, the offline stand-in, images and tables.
+"""Helpers for the SD3.5 notebook series: setup, model loading, the offline toy model, images and tables.
 
 Each module is about one idea and names the notebook that introduces it. The names below are importable
 directly (`from helpers import setup, load_pipeline`); modules load on first use, so importing `helpers`
@@ -53,12 +53,14 @@ _EXPORTS = {
     "colour_share": "experiments",
     "mean_difference": "experiments",
     "summarise": "experiments",
+    "paired_change": "experiments",
     "mean_saturation": "experiments",
     "region_difference": "experiments",
     "ImageToImageExplorer": "widgets",
     "InpaintingExplorer": "widgets",
     "prepare_image": "inputs",
     "prepare_mask": "inputs",
+    "blend": "inputs",
     "load_image": "inputs",
     "rectangle_mask": "inputs",
     "ellipse_mask": "inputs",
@@ -70,6 +72,12 @@ _EXPORTS = {
     "read_metadata": "images",
     "image_grid": "images",
     "Table": "display",
+    "judge": "world",
+    "scene": "world",
+    "caption": "world",
+    "adherence": "evaluation",
+    "generate_batch": "evaluation",
+    "share": "evaluation",
 }
 
 __all__ = tuple(_EXPORTS)

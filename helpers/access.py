@@ -46,7 +46,7 @@ def _login_steps(hub_id: str) -> str:
         "     - in a terminal: `hf auth login`\n"
         "     - as an environment variable before starting Jupyter: `export HF_TOKEN=...` "
         "(Colab: add it under 'Secrets' as HF_TOKEN)\n"
-        "  Or run the tiny offline stand-in instead: set SD35_MODEL=tiny."
+        "  Or run the offline toy model instead: set SD35_MODEL=toy."
     )
 
 
@@ -102,7 +102,7 @@ def check_access(hub_id: str, token: str, *, endpoint: str | None = None) -> Non
     except OfflineModeIsEnabled:
         raise HubUnreachableError(
             f"HF_HUB_OFFLINE is set, so the hub cannot be asked for {hub_id}. Unset HF_HUB_OFFLINE to download the "
-            "weights, or set SD35_MODEL=tiny to run the offline stand-in."
+            "weights, or set SD35_MODEL=toy to run the offline toy model."
         ) from None
     except Exception as error:
         if not _is_network_error(error):
@@ -110,5 +110,5 @@ def check_access(hub_id: str, token: str, *, endpoint: str | None = None) -> Non
         raise HubUnreachableError(
             f"Could not reach the Hugging Face hub to download {hub_id} ({type(error).__name__}: {error}). "
             "Check the machine's internet connection (in SageMaker: the VPC's internet access). "
-            "To work without a network, set SD35_MODEL=tiny to run the offline stand-in."
+            "To work without a network, set SD35_MODEL=toy to run the offline toy model."
         ) from None

@@ -193,15 +193,19 @@ def benchmark(
     """Time `pipe(prompt, ...)` with these settings: medians per run and per stage, and the peak memory.
 
     `inputs` replaces the prompt with other pipeline inputs, such as prompt embeddings computed beforehand.
-    `weights` says where the weights came from ('hub' or 'random'); the stand-in is always labelled 'stand-in'.
+    `weights` says where the weights came from ('hub' or 'random'); the offline models are labelled
+    'trained toy' and 'stand-in'.
     """
     import torch
 
     _check_counts(steps=steps, runs=runs, warmup=warmup)
     device = str(pipe._execution_device)
-    if get_model(model).is_stand_in:
-        weights = "stand-in"
+    spec = get_model(model)
+    if spec.is_stand_in:
+        weights = "trained toy" if spec.is_toy else "stand-in"
     settings = _call_settings(steps, size, guidance_scale)
+    if spec.max_sequence_length is not None:  # the toy reads fewer T5 tokens than diffusers' default
+        settings["max_sequence_length"] = spec.max_sequence_length
     pipe.set_progress_bar_config(disable=True)
     per_run_stages: list[dict[str, float]] = []
 

@@ -1,4 +1,4 @@
-"""Loading SD3.5 pipelines: the real models from the hub, or the tiny stand-in, through the same diffusers calls.
+"""Loading SD3.5 pipelines: the real models from the hub, or an offline model, through the same diffusers calls.
 
 Introduced in notebook 01; quantization and offload options in notebook 02. `load_pipeline` returns a plain
 diffusers pipeline; notebooks call it themselves (`pipe(prompt=..., guidance_scale=...)`). Weights load from
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from helpers.access import check_access, require_token
@@ -145,7 +146,8 @@ def load_pipeline(
     """The diffusers pipeline of `model` for `task` ('text-to-image', 'image-to-image' or 'inpainting').
 
     - Real models come from the hub (a token and an accepted licence are checked first, with clear steps if
-      missing); the stand-in is built locally and loaded from its folder. Both through `from_pretrained`.
+      missing); the offline models load from their folders (the toy's ships with the helpers, the random stand-in
+      is built locally). All through `from_pretrained`.
     - Asking for another task of a model already loaded the same way reuses its components (`from_pipe`).
     - `quantize='nf4'` stores the transformer in 4-bit NF4 (bitsandbytes, computing in bf16).
     - `t5`: 'keep' (bf16), 'drop' (no T5: less memory, weaker prompt following), 'nf4' or 'int8'.
@@ -223,8 +225,26 @@ def apply_offload(pipe, offload: str, device: str) -> None:
         raise ValueError(f"offload={offload!r} is not an offload; use 'model', 'sequential' or 'group'.")
 
 
+TOY_MODEL_DIR = Path(__file__).resolve().parent / "toy_model"
+"""The trained offline model, shipped inside the helpers package (notebook 08 shows how it was trained)."""
+
+
+def toy_model_dir() -> Path:
+    """The folder of the shipped toy model; a clear error if this installation of the helpers lacks it."""
+    if not (TOY_MODEL_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"The offline toy model is missing from {TOY_MODEL_DIR}: this installation of the helpers is incomplete. "
+            "Reinstall them (`pip install --force-reinstall git+https://github.com/sd35-notebooks/sd35-notebooks`), "
+            "or retrain it with `python -m helpers.training train --out MY_FOLDER` (see notebook 08)."
+        )
+    return TOY_MODEL_DIR
+
+
 def _weights_source(spec: ModelSpec) -> tuple[object, str | None]:
-    """Where the weights come from, and the token to use: the stand-in's folder, or the hub after access checks."""
+    """Where the weights come from, and the token to use: an offline model's folder, or the hub after access
+    checks."""
+    if spec.is_toy:
+        return toy_model_dir(), None
     if spec.is_stand_in:
         from helpers.tiny import tiny_pipeline_dir
 

@@ -200,7 +200,8 @@ def estimate(model: str, strategy: str | Strategy, size: int = 1024) -> Estimate
     """Estimated peak GPU memory of `model` loaded with `strategy` (a name in STRATEGIES) at `size` x `size`."""
     spec = get_model(model)
     if spec.is_stand_in:
-        raise ValueError("model='tiny' is the stand-in; estimate a full-size model: large, large-turbo or medium.")
+        raise ValueError(f"model={spec.name!r} is an offline model; estimate a full-size model: large, large-turbo or "
+                         "medium.")
     if isinstance(strategy, str):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy={strategy!r} is not a strategy. Use one of: {', '.join(STRATEGIES)}.")

@@ -67,13 +67,20 @@ class ModelSpec:
     height: int
     width: int
     transformer_config: str | None = None
-    """Which full-size transformer config in helpers/configs/ the model uses (None for the stand-in)."""
+    """Which full-size transformer config in helpers/configs/ the model uses (None for the offline models)."""
     skip_layer_guidance: SkipLayerGuidance | None = None
+    max_sequence_length: int | None = None
+    """T5 tokens per prompt, where the model needs another value than diffusers' default (256)."""
 
     @property
     def is_stand_in(self) -> bool:
-        """True for the tiny offline model that runs where there is no GPU or no token."""
+        """True for the offline models (the toy and the random stand-in), which run without a GPU or a token."""
         return self.hub_id is None
+
+    @property
+    def is_toy(self) -> bool:
+        """True for the offline model trained on the toy world of helpers.world: its pictures can be judged."""
+        return self.name == "toy"
 
     @property
     def page_url(self) -> str | None:
@@ -91,6 +98,8 @@ class ModelSpec:
             "height": self.height,
             "width": self.width,
         }
+        if self.max_sequence_length is not None:
+            settings["max_sequence_length"] = self.max_sequence_length
         if skip_layer_guidance:
             if self.skip_layer_guidance is None:
                 raise ValueError(
@@ -143,10 +152,21 @@ MODELS: dict[str, ModelSpec] = {
             ),
         ),
         ModelSpec(
-            name="tiny",
-            title="Tiny offline stand-in",
+            name="toy",
+            title="Offline toy model",
             hub_id=None,
-            summary="SD3 pipeline with random weights, built locally: real code paths, images are noise.",
+            summary="A small SD3 pipeline trained on drawn shapes (notebook 08); ships with the helpers.",
+            num_inference_steps=20,
+            guidance_scale=3.0,  # where `python -m helpers.evaluation` found prompts best followed
+            height=64,
+            width=64,
+            max_sequence_length=16,
+        ),
+        ModelSpec(
+            name="tiny",
+            title="Tiny random stand-in",
+            hub_id=None,
+            summary="SD3 pipeline with random weights, built locally: real code paths, images are noise. For tests.",
             num_inference_steps=4,
             guidance_scale=4.5,
             height=128,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from helpers.access import has_token
 from helpers.images import output_dir
@@ -23,10 +23,11 @@ if TYPE_CHECKING:
     import torch
 
 NO_GPU_BANNER = (
-    "No GPU found: running the tiny offline stand-in; its images are noise. Every cell runs the same diffusers "
-    "code as on a GPU, so you can follow along. For real images, open this notebook on a GPU machine (Colab, "
-    "SageMaker) with a Hugging Face token."
+    "No GPU found: running the offline toy model, a small SD3 pipeline trained on drawn shapes (notebook 08). "
+    "Every cell runs the same diffusers code as on a GPU, with toy-world prompts in place of SD3.5's. For SD3.5 "
+    "itself, open this notebook on a GPU machine (Colab, SageMaker) with a Hugging Face token."
 )
+T = TypeVar("T")
 REPORTED_PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "accelerate")
 
 
@@ -62,6 +63,14 @@ class Session:
         """The full-size model whose figures (sizes, memory estimates) the notebook shows: the model that runs,
         or, where the stand-in runs, the model the notebook is about."""
         return self.model if not self.model.is_stand_in else self.about[0]
+
+    def pick(self, *, sd35: T, toy: T) -> T:
+        """The SD3.5 version of an experiment, or its toy-world counterpart where an offline model runs.
+
+        The toy model knows only the toy world's words (shapes, six colours, backgrounds), so every experiment
+        asks its question there in the toy's terms: `run.pick(sd35="A group of elves...", toy="a red circle")`.
+        """
+        return toy if self.model.is_stand_in else sd35
 
     def gpu_offload(self, offload: str) -> str | None:
         """`offload` where there is a GPU to offload to; None on a CPU, where everything is in CPU memory already."""
@@ -112,16 +121,18 @@ def _choose_models(
     if setting != AUTO:
         chosen = get_model(setting)
         notes = [f"{MODEL_VARIABLE}={setting}: every model of this notebook is played by {chosen.title}."]
-        if chosen.is_stand_in:
-            notes.append("The stand-in's images are noise: it shows the code paths, not image quality.")
+        if chosen.is_toy:
+            notes.append("The toy model draws shapes on plain backgrounds: the notebook uses toy-world prompts.")
+        elif chosen.is_stand_in:
+            notes.append("The random stand-in's images are noise: it shows the code paths, not image quality.")
         elif gpu is None:
             notes.append(
                 f"No GPU found: {chosen.title} will be very slow on a CPU and needs over 30 GB of memory. "
-                f"Set {MODEL_VARIABLE}=tiny (or leave it unset) to run the offline stand-in."
+                f"Set {MODEL_VARIABLE}=toy (or leave it unset) to run the offline toy model."
             )
         return (chosen,), notes
     if gpu is None:
-        return (MODELS["tiny"],), [NO_GPU_BANNER]
+        return (MODELS["toy"],), [NO_GPU_BANNER]
 
     fitting, notes = [], []
     for spec in about:
@@ -136,7 +147,7 @@ def _choose_models(
                     "slower, and load_pipeline turns it on for you."
                 )
     if not fitting:
-        fallback = MODELS["medium"] if placement(MODELS["medium"], gpu.memory_gb) else MODELS["tiny"]
+        fallback = MODELS["medium"] if placement(MODELS["medium"], gpu.memory_gb) else MODELS["toy"]
         fitting = [fallback]
         notes.append(f"Running {fallback.title} instead. Set {MODEL_VARIABLE} to choose another model.")
     return tuple(fitting), notes
@@ -146,7 +157,7 @@ def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool 
     """Prepare a notebook: choose model, device and dtype; seed Python, NumPy and torch; print a short report.
 
     `about` names the model(s) the notebook is about. With SD35_MODEL unset or 'auto', a machine with a CUDA
-    GPU runs those that fit its memory, and a machine without one runs the tiny offline stand-in. Any other
+    GPU runs those that fit its memory, and a machine without one runs the offline toy model. Any other
     SD35_MODEL value runs that model everywhere. A bad value raises before anything loads.
     """
     import numpy

@@ -1,8 +1,9 @@
-"""The tiny offline stand-in: a real SD3 pipeline with random weights, built locally and deterministically.
+"""The tiny random stand-in: a real SD3 pipeline with random weights, built locally and deterministically.
 
-Introduced in notebook 01. Where there is no GPU or no Hugging Face token, every notebook runs this model through
-exactly the code a reader runs on a GPU: the same diffusers classes, saved with `save_pretrained` and loaded with
-`from_pretrained(folder)`. Its images are noise, but they respond to prompt, negative prompt, guidance and seed.
+The unit tests run it (`SD35_MODEL=tiny`): it is built in a second, through exactly the code a reader runs on a
+GPU (the same diffusers classes, saved with `save_pretrained` and loaded with `from_pretrained(folder)`). Its
+images are noise. Its tokenizers also serve the trained toy model of helpers.training, which the notebooks run
+without a GPU.
 """
 
 from __future__ import annotations

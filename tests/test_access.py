@@ -114,7 +114,7 @@ def test_no_network_says_so_and_offers_the_stand_in():
     with pytest.raises(HubUnreachableError) as error:
         check_access(REPO, "hf_accepted", endpoint=f"http://127.0.0.1:{closed_port()}")
     assert "internet connection" in str(error.value)
-    assert "SD35_MODEL=tiny" in str(error.value)
+    assert "SD35_MODEL=toy" in str(error.value)
 
 
 def test_offline_mode_is_named(monkeypatch, hub):
@@ -128,7 +128,7 @@ def test_missing_token_gives_the_steps():
     with pytest.raises(MissingTokenError) as error:
         require_token(REPO)
     message = str(error.value)
-    for step in ("HF_TOKEN", "notebook_login()", "hf auth login", f"https://huggingface.co/{REPO}", "SD35_MODEL=tiny"):
+    for step in ("HF_TOKEN", "notebook_login()", "hf auth login", f"https://huggingface.co/{REPO}", "SD35_MODEL=toy"):
         assert step in message
 
 

@@ -6,7 +6,7 @@ from helpers.models import MODEL_VARIABLE, MODELS, UnknownModelError, get_model,
 
 
 def test_registry_holds_the_three_models_and_the_stand_in():
-    assert set(MODELS) == {"large", "large-turbo", "medium", "tiny"}
+    assert set(MODELS) == {"large", "large-turbo", "medium", "toy", "tiny"}
     assert MODELS["large"].hub_id == "stabilityai/stable-diffusion-3.5-large"
     assert MODELS["large-turbo"].hub_id == "stabilityai/stable-diffusion-3.5-large-turbo"
     assert MODELS["medium"].hub_id == "stabilityai/stable-diffusion-3.5-medium"
@@ -70,3 +70,12 @@ def test_bad_model_setting_names_the_variable_value_and_fix():
     message = str(error.value)
     assert "SD35_MODEL='sd35-large'" in message
     assert "export SD35_MODEL=medium" in message
+
+
+def test_the_toy_model_runs_at_the_size_and_prompt_length_it_was_trained_at():
+    from helpers import training, world
+
+    settings = MODELS["toy"].recommended()
+    assert settings["max_sequence_length"] == training.T5_MAX_LENGTH
+    assert settings["height"] == settings["width"] == world.SIZE
+    assert MODELS["toy"].is_toy and MODELS["toy"].is_stand_in and not MODELS["tiny"].is_toy

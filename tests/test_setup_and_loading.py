@@ -15,13 +15,14 @@ def gpu(memory_gb: float, native_bf16: bool = True) -> GpuInfo:
     return GpuInfo(name="test GPU", memory_gb=memory_gb, native_bf16=native_bf16)
 
 
-def test_setup_on_this_machine_runs_the_stand_in(capsys):
+def test_setup_on_this_machine_runs_the_toy_model(capsys):
     run = setup(about=("large", "medium"))
     report = capsys.readouterr().out
-    assert run.model is MODELS["tiny"] and run.models == (MODELS["tiny"],)
+    assert run.model is MODELS["toy"] and run.models == (MODELS["toy"],)
     assert run.device == "cpu" and run.dtype == torch.float32
-    assert "Tiny offline stand-in" in report and "HF token   not found" in report
+    assert "Offline toy model" in report and "HF token   not found" in report
     assert "diffusers" in report
+    assert run.pick(sd35="elves", toy="a red circle") == "a red circle"
 
 
 def test_setup_never_shows_the_token(monkeypatch, capsys):
@@ -49,11 +50,11 @@ def test_setup_rejects_an_unknown_notebook_model():
         setup(about="larger")
 
 
-def test_auto_without_gpu_runs_the_stand_in_with_the_banner():
+def test_auto_without_gpu_runs_the_toy_model_with_the_banner():
     models, notes = _choose_models(ABOUT_ALL, "auto", None)
-    assert models == (MODELS["tiny"],)
+    assert models == (MODELS["toy"],)
     assert notes == [NO_GPU_BANNER]
-    assert NO_GPU_BANNER.startswith("No GPU found: running the tiny offline stand-in; its images are noise.")
+    assert NO_GPU_BANNER.startswith("No GPU found: running the offline toy model, a small SD3 pipeline trained")
 
 
 def test_auto_on_an_80_gb_gpu_runs_every_model_the_notebook_is_about():

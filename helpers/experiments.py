@@ -171,7 +171,7 @@ class Sweep:
         grid = [[self.image(**{rows: r, columns: c}) for c in self.vary[columns]] for r in self.vary[rows]]
         return image_grid(
             grid,
-            row_labels=[f"{rows} = {label(value)}" for value in self.vary[rows]],
+            row_labels=[f"{rows} =\n{label(value)}" for value in self.vary[rows]],
             column_labels=[f"{columns} = {label(value)}" for value in self.vary[columns]],
             title=title,
         )
@@ -291,6 +291,19 @@ def mean_saturation(image: Image.Image) -> float:
     import numpy as np
 
     return float(np.asarray(image.convert("RGB").convert("HSV"), dtype=float)[..., 1].mean() / 255.0)
+
+
+def paired_change(before: Sequence[float], after: Sequence[float]) -> str:
+    """How a measurement changed seed by seed: 'lower in 12, higher in 1, same in 3 of 16 seeds; mean change -0.62'.
+
+    `before[i]` and `after[i]` must come from the same seed: a paired comparison, which a spread over seeds is not.
+    """
+    if len(before) != len(after) or not before:
+        raise ValueError(f"got {len(before)} and {len(after)} values: give one pair per seed, at least one.")
+    changes = [b - a for a, b in zip(before, after, strict=True)]
+    lower, higher = sum(c < 0 for c in changes), sum(c > 0 for c in changes)
+    return (f"lower in {lower}, higher in {higher}, same in {len(changes) - lower - higher} of {len(changes)} seeds; "
+            f"mean change {sum(changes) / len(changes):+.3f}")
 
 
 def summarise(values: Sequence[float]) -> str:

@@ -132,10 +132,11 @@ def image_grid(
     column_labels: Sequence[str] | None = None,
     row_labels: Sequence[str] | None = None,
     title: str | None = None,
-    cell_inches: float = 3.0,
+    cell_inches: float | None = None,
 ):
     """A matplotlib figure of images in a grid with labelled rows and columns; a flat list makes one row.
 
+    Each image gets `cell_inches` (default: 3, less when many columns must fit a notebook's width).
     Returned, not shown: it displays when it is the last line of a cell, and `figure.savefig(path)` saves it.
     """
     rows = [list(images)] if images and isinstance(images[0], Image.Image) else [list(row) for row in images]
@@ -146,6 +147,7 @@ def image_grid(
         if labels is not None and len(labels) != expected:
             raise ValueError(f"{name} has {len(labels)} labels for {expected} {name.split('_')[0]}s.")
 
+    cell_inches = cell_inches or min(3.0, 16.0 / columns)
     figure, axes = unshown_subplots(
         len(rows), columns, squeeze=False, figsize=(cell_inches * columns, cell_inches * len(rows) + (0.4 if title else 0))
     )
@@ -155,13 +157,15 @@ def image_grid(
             axis.set_xticks([])
             axis.set_yticks([])
             if c < len(row):
-                axis.imshow(row[c])
+                # Masks (mode L) in grey, white where paint goes; small pictures enlarged without smoothing.
+                grey = {"cmap": "gray", "vmin": 0, "vmax": 255} if row[c].mode == "L" else {}
+                axis.imshow(row[c], interpolation="nearest" if max(row[c].size) < 256 else "antialiased", **grey)
             else:
                 axis.set_axis_off()
             if column_labels is not None and r == 0:
-                axis.set_title(column_labels[c], fontsize=10)
+                axis.set_title(column_labels[c], fontsize=10 if cell_inches >= 2 else 7)
             if row_labels is not None and c == 0:
-                axis.set_ylabel(row_labels[r], fontsize=10)
+                axis.set_ylabel(row_labels[r], fontsize=10 if cell_inches >= 2 else 7)
     if title:
         figure.suptitle(title)
     figure.tight_layout()

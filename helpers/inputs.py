@@ -91,13 +91,14 @@ def prepare_image(source, longest: int = 1024) -> Prepared:
     return Prepared(image, "; ".join(notes) or f"kept as it is: {image.width}x{image.height}, RGB")
 
 
-def prepare_mask(source, image_size: tuple[int, int], *, grow: int = 0, soften: int = 0,
+def prepare_mask(source, image_size: tuple[int, int], *, grow: int = 0,
                  original_size: tuple[int, int] | None = None) -> Prepared:
     """A mask for an image of `image_size`: single channel, white = paint, black = keep.
 
     The mask must have the size of the image it was drawn for (`original_size`, default `image_size`); it is
-    resized with the image, made strictly black and white, optionally grown by `grow` pixels, and its edge
-    optionally softened over `soften` pixels so the painted area blends in.
+    resized with the image, made strictly black and white, and optionally grown by `grow` pixels. (A soft edge
+    would not help: SD3's inpainting pipeline makes every mask black and white. Blend after painting instead,
+    with `blend`.)
     """
     import numpy as np
 
@@ -106,9 +107,8 @@ def prepare_mask(source, image_size: tuple[int, int], *, grow: int = 0, soften: 
     if mask.size != expected:
         raise ValueError(f"mask is {mask.width}x{mask.height} but the image is {expected[0]}x{expected[1]}: draw "
                          "the mask on the image it belongs to, or resize it to the image's size first.")
-    for name, value in (("grow", grow), ("soften", soften)):
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}={value!r} must be a whole number of pixels, 0 or more.")
+    if not isinstance(grow, int) or isinstance(grow, bool) or grow < 0:
+        raise ValueError(f"grow={grow!r} must be a whole number of pixels, 0 or more.")
     notes = []
     if mask.mode != "L":
         notes.append(f"converted {mask.mode} to one channel")
@@ -122,12 +122,26 @@ def prepare_mask(source, image_size: tuple[int, int], *, grow: int = 0, soften: 
     if grow:
         mask = mask.filter(ImageFilter.MaxFilter(2 * grow + 1))
         notes.append(f"grown by {grow} px")
-    if soften:
-        mask = mask.filter(ImageFilter.GaussianBlur(soften))
-        notes.append(f"edge softened over {soften} px")
     painted = float((np.asarray(mask) >= 128).mean())
     notes.append(f"{painted:.0%} of the image to paint")
     return Prepared(mask, "; ".join(notes))
+
+
+def blend(original: Image.Image, painted: Image.Image, mask: Image.Image, *, soften: int = 0) -> Image.Image:
+    """`painted` inside the mask and `original` outside it, mixed across an edge softened over `soften` pixels.
+
+    The inpainting pipeline decodes the whole picture, so even the kept area comes back through the VAE, slightly
+    changed; pasting the original back makes the kept area exact, and a soft edge hides the seam.
+    """
+    if not original.size == painted.size == mask.size:
+        raise ValueError(f"sizes differ: original {original.size}, painted {painted.size}, mask {mask.size}; "
+                         "use the prepared image and mask that made the painted picture.")
+    if not isinstance(soften, int) or isinstance(soften, bool) or soften < 0:
+        raise ValueError(f"soften={soften!r} must be a whole number of pixels, 0 or more.")
+    weight = mask.convert("L")
+    if soften:
+        weight = weight.filter(ImageFilter.GaussianBlur(soften))
+    return Image.composite(painted.convert("RGB"), original.convert("RGB"), weight)
 
 
 def check_strength(strength: float) -> float:

@@ -40,7 +40,8 @@ class Explorer:
         self.controls, self.fixed = controls, fixed
         self.button = widgets.Button(description="Generate", button_style="primary")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="progress", style=STYLE)
-        self.image = widgets.Image(format="png", layout=widgets.Layout(width=f"{min(width, 512)}px"))
+        # Small pictures (the toy model's are 64 px) are shown enlarged, large ones at most 512 px wide.
+        self.image = widgets.Image(format="png", layout=widgets.Layout(width=f"{min(max(width, 256), 512)}px"))
         self.settings = widgets.HTML()
         self.button.on_click(self.generate)
         self.widget = widgets.HBox([
@@ -102,6 +103,11 @@ def _prompt_controls(prompt: str, negative_prompt: str, guidance_scale: float, n
     }
 
 
+def _fixed(settings: dict[str, Any], max_sequence_length: int | None) -> dict[str, Any]:
+    """The settings that are not controls; `max_sequence_length` only where the model needs its own (the toy)."""
+    return settings if max_sequence_length is None else {**settings, "max_sequence_length": max_sequence_length}
+
+
 def _strength_control(strength: float):
     import ipywidgets as widgets
 
@@ -114,9 +120,10 @@ class TextToImageExplorer(Explorer):
 
     def __init__(self, pipe, model: str, *, prompt: str, negative_prompt: str = "", guidance_scale: float,
                  num_inference_steps: int, seed: int = 0, height: int, width: int,
-                 folder: str | Path | None = None, max_steps: int = 60):
+                 max_sequence_length: int | None = None, folder: str | Path | None = None, max_steps: int = 60):
         controls = _prompt_controls(prompt, negative_prompt, guidance_scale, num_inference_steps, seed, max_steps)
-        super().__init__(pipe, model, controls, {"height": height, "width": width}, folder=folder, width=width)
+        fixed = _fixed({"height": height, "width": width}, max_sequence_length)
+        super().__init__(pipe, model, controls, fixed, folder=folder, width=width)
 
 
 class ImageToImageExplorer(Explorer):
@@ -124,10 +131,10 @@ class ImageToImageExplorer(Explorer):
 
     def __init__(self, pipe, model: str, image: Image.Image, *, prompt: str, negative_prompt: str = "",
                  strength: float = 0.75, guidance_scale: float, num_inference_steps: int, seed: int = 0,
-                 folder: str | Path | None = None, max_steps: int = 60):
+                 max_sequence_length: int | None = None, folder: str | Path | None = None, max_steps: int = 60):
         controls = _prompt_controls(prompt, negative_prompt, guidance_scale, num_inference_steps, seed, max_steps)
         controls["strength"] = _strength_control(strength)
-        fixed = {"image": image, "height": image.height, "width": image.width}
+        fixed = _fixed({"image": image, "height": image.height, "width": image.width}, max_sequence_length)
         super().__init__(pipe, model, controls, fixed, folder=folder, width=image.width)
 
 
@@ -137,7 +144,7 @@ class InpaintingExplorer(Explorer):
     def __init__(self, pipe, model: str, image: Image.Image, *, prompt: str, negative_prompt: str = "",
                  box: tuple[float, float, float, float] = (0.3, 0.3, 0.7, 0.7), strength: float = 1.0,
                  guidance_scale: float, num_inference_steps: int, seed: int = 0,
-                 folder: str | Path | None = None, max_steps: int = 60):
+                 max_sequence_length: int | None = None, folder: str | Path | None = None, max_steps: int = 60):
         import ipywidgets as widgets
 
         controls = _prompt_controls(prompt, negative_prompt, guidance_scale, num_inference_steps, seed, max_steps)
@@ -149,7 +156,7 @@ class InpaintingExplorer(Explorer):
                                                  style=STYLE, layout=_layout())
         controls["strength"] = _strength_control(strength)
         self.source = image
-        fixed = {"image": image, "height": image.height, "width": image.width}
+        fixed = _fixed({"image": image, "height": image.height, "width": image.width}, max_sequence_length)
         super().__init__(pipe, model, controls, fixed, folder=folder, width=image.width)
 
     def mask_box(self) -> tuple[float, float, float, float]:

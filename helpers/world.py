@@ -73,6 +73,13 @@ class Scene:
         """The scene as an RGB picture of `size` x `size` pixels."""
         return draw(self, size)
 
+    def cutout(self, size: int = SIZE) -> Image.Image:
+        """The shape alone on a transparent background (RGBA), as a cut-out subject for background replacement."""
+        picture = Image.new("RGBA", (size, size), (*COLOURS[self.colour], 0))
+        alpha = np.rint(_coverage(self, size) * 255).astype(np.uint8)
+        picture.putalpha(Image.fromarray(alpha, "L"))
+        return picture
+
 
 def caption(colour: str | None, shape: str | None, background: str | None) -> str:
     """The caption of a scene, leaving out what is None: 'a red circle on a blue background', 'a red shape',

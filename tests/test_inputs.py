@@ -9,6 +9,7 @@ from PIL import Image
 from helpers.inputs import (
     DRAWINGS,
     background_mask,
+    blend,
     check_strength,
     ellipse_mask,
     load_image,
@@ -69,12 +70,23 @@ def test_mask_is_resized_with_the_image_and_made_black_and_white():
     assert "resized 1000x750 to 1024x768" in prepared.note and "to paint" in prepared.note
 
 
-def test_soft_edges_and_growing():
+def test_growing_a_mask():
     hard = prepare_mask(rectangle_mask((64, 64), (0.25, 0.25, 0.75, 0.75)), (64, 64)).image
-    soft = prepare_mask(rectangle_mask((64, 64), (0.25, 0.25, 0.75, 0.75)), (64, 64), soften=4).image
     grown = prepare_mask(rectangle_mask((64, 64), (0.25, 0.25, 0.75, 0.75)), (64, 64), grow=3).image
-    assert len(set(np.unique(np.asarray(soft)))) > 2  # grey values along the edge
     assert np.asarray(grown).astype(bool).sum() > np.asarray(hard).astype(bool).sum()
+
+
+def test_blend_keeps_the_original_outside_the_mask_and_mixes_across_a_soft_edge():
+    original, painted = Image.new("RGB", (64, 64), (0, 0, 200)), Image.new("RGB", (64, 64), (200, 0, 0))
+    mask = rectangle_mask((64, 64), (0.25, 0.25, 0.75, 0.75))
+    hard = np.asarray(blend(original, painted, mask))
+    assert (hard[0, 0] == (0, 0, 200)).all() and (hard[32, 32] == (200, 0, 0)).all()
+    assert len(np.unique(hard[..., 0])) == 2
+    soft = np.asarray(blend(original, painted, mask, soften=3))
+    assert (soft[0, 0] == (0, 0, 200)).all() and (soft[32, 32] == (200, 0, 0)).all()
+    assert len(np.unique(soft[..., 0])) > 2  # mixed values along the edge
+    with pytest.raises(ValueError, match="soften=-1"):
+        blend(original, painted, mask, soften=-1)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +94,7 @@ def test_soft_edges_and_growing():
     [
         (Image.new("L", (64, 48)), {}, "nothing to paint"),
         (Image.new("L", (50, 50), 255), {}, "mask is 50x50 but the image is 64x48"),
-        (Image.new("L", (64, 48), 255), {"soften": -1}, "soften=-1"),
+        (Image.new("L", (64, 48), 255), {"grow": -1}, "grow=-1"),
     ],
 )
 def test_bad_masks_are_refused_with_the_fix(mask, arguments, message):

@@ -1,7 +1,7 @@
 """The sliders as a reader meets them: a real JupyterLab, driven in headless Chromium.
 
 JupyterLab starts on loopback with a token, throwaway settings and a copy of the notebooks (so nothing is saved into
-the repository). Chromium (Debian's, at /usr/bin/chromium) runs every cell of a notebook on the tiny stand-in, moves
+the repository). Chromium (Debian's, at /usr/bin/chromium) runs every cell of a notebook on the offline toy model, moves
 a slider, presses Generate, and the test checks that the picture and its settings changed. Screenshots are saved in
 the test's temporary folder. Without Chromium or Playwright the tests are skipped, unless SD35_REQUIRE_BROWSER=1
 (as in CI), where they fail instead.
@@ -20,11 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.models import MODELS
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                   "--disable-background-networking", "--disable-component-update"]
 RUN_ALL_TIMEOUT_MS = 240_000
+TOY_GUIDANCE = MODELS["toy"].guidance_scale
 
 
 def _missing() -> str | None:
@@ -144,7 +147,9 @@ def generate_and_wait(page, explorer) -> tuple[str, str]:
 @pytest.mark.parametrize(
     ("notebook", "slider", "presses", "before", "after"),
     [
-        ("05_guidance_scale_tuning.ipynb", "guidance scale", 3, "guidance_scale=4.5", "guidance_scale=6.0"),
+        # the explorer starts at the model's recommended guidance; three presses of 0.5 move it up by 1.5
+        ("05_guidance_scale_tuning.ipynb", "guidance scale", 3, f"guidance_scale={TOY_GUIDANCE}",
+         f"guidance_scale={TOY_GUIDANCE + 1.5}"),
         ("07_inpainting.ipynb", "mask left", 2, "mask_image=<", "mask_image=<"),
     ],
     ids=["guidance-explorer", "inpainting-explorer"],

@@ -73,11 +73,8 @@ _EXPORTS = {
     "image_grid": "images",
     "Table": "display",
     "judge": "world",
-    "scene": "world",
-    "caption": "world",
     "adherence": "evaluation",
     "generate_batch": "evaluation",
-    "share": "evaluation",
 }
 
 __all__ = tuple(_EXPORTS)

@@ -22,12 +22,16 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 COMPONENTS: dict[str, tuple[str | None, str, str]] = {
     "transformer": (None, "transformer", "MMDiT: denoises the latent image, step by step"),
     "text_encoder": (
-        "text_encoder-clip-l", "CLIP-L", "CLIP text encoder (SD3.5: ViT-L/14): prompt embedding and pooled vector"
+        "text_encoder-clip-l", "CLIP-L",
+        "CLIP text encoder (SD3.5: ViT-L/14): prompt embedding and pooled vector",
     ),
     "text_encoder_2": (
-        "text_encoder_2-clip-g", "CLIP-G", "second CLIP encoder (SD3.5: OpenCLIP bigG/14): embedding and pooled vector"
+        "text_encoder_2-clip-g", "CLIP-G",
+        "second CLIP encoder (SD3.5: OpenCLIP bigG/14): embedding and pooled vector",
     ),
-    "text_encoder_3": ("text_encoder_3-t5xxl", "T5-XXL", "T5 encoder (SD3.5: T5 v1.1 XXL): the long, detailed prompt embedding"),
+    "text_encoder_3": (
+        "text_encoder_3-t5xxl", "T5-XXL", "T5 encoder (SD3.5: T5 v1.1 XXL): the long, detailed prompt embedding"
+    ),
     "vae": ("vae", "VAE", "autoencoder: turns the 16-channel latent into pixels (and back)"),
 }
 

@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 
 from helpers import world
+from helpers.experiments import mean_difference, region_difference
+from helpers.inputs import rectangle_mask
 
 
 def generate_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_size: int = 16,
@@ -169,15 +171,9 @@ def image_to_image_curve(pipe, count: int, strengths: Sequence[float], **setting
             strength,
             share([r.follows(item.colour, item.shape) for r, item in zip(readings, inputs, strict=True)]),
             share([r.follows(item.colour, item.shape) for r, item in zip(readings, targets, strict=True)]),
-            float(np.mean([mean_pixel_difference(a, b) for a, b in zip(pictures, images, strict=True)])),
+            float(np.mean([mean_difference(a, b) for a, b in zip(pictures, images, strict=True)])),
         ))
     return points
-
-
-def mean_pixel_difference(first: Image.Image, second: Image.Image, where: np.ndarray | None = None) -> float:
-    """Mean absolute difference of two pictures' pixels (0 to 255), over the pixels where `where` is True."""
-    difference = np.abs(np.asarray(first.convert("RGB"), float) - np.asarray(second.convert("RGB"), float))
-    return float(difference.mean() if where is None else difference[where].mean())
 
 
 def vae_round_trip(pipe, image: Image.Image) -> Image.Image:
@@ -192,20 +188,12 @@ def vae_round_trip(pipe, image: Image.Image) -> Image.Image:
     return processor.postprocess(decoded)[0]
 
 
-def latent_box(box: tuple[float, float, float, float], size: int, cell: int) -> tuple[int, int, int, int]:
-    """A box (shares of the side) grown to whole latent cells of `cell` pixels: (left, top, right, bottom) pixels."""
+def latent_box(box: tuple[float, float, float, float], size: int, cell: int) -> tuple[float, float, float, float]:
+    """A box (shares of a `size`-pixel side) grown outwards to whole latent cells of `cell` pixels."""
     left, top, right, bottom = (value * size for value in box)
-    snap_down = [max(0, int(value // cell) * cell) for value in (left, top)]
-    snap_up = [min(size, int(-(-value // cell)) * cell) for value in (right, bottom)]
+    snap_down = [max(0, int(value // cell) * cell) / size for value in (left, top)]
+    snap_up = [min(size, int(-(-value // cell)) * cell) / size for value in (right, bottom)]
     return (*snap_down, *snap_up)
-
-
-def box_mask(pixels: tuple[int, int, int, int], size: int) -> Image.Image:
-    """A mask, white inside the pixel box (left, top, right, bottom), black elsewhere."""
-    mask = np.zeros((size, size), np.uint8)
-    left, top, right, bottom = pixels
-    mask[top:bottom, left:right] = 255
-    return Image.fromarray(mask, "L")
 
 
 @dataclass
@@ -226,7 +214,7 @@ def inpainting_check(pipe, count: int, **settings: Any) -> InpaintingResult:
     inputs = evaluation_scenes(count, start=70_000)
     size = world.SIZE
     cell = pipe.vae_scale_factor
-    masks = [box_mask(latent_box(item.box, size, cell), size) for item in inputs]
+    masks = [rectangle_mask((size, size), latent_box(item.box, size, cell)) for item in inputs]
     targets = [different_scene(item, index) for index, item in enumerate(inputs)]
     targets = [world.Scene(item.shape, target.colour, item.background, item.centre, item.extent)
                for item, target in zip(inputs, targets, strict=True)]
@@ -235,10 +223,10 @@ def inpainting_check(pipe, count: int, **settings: Any) -> InpaintingResult:
                               mask_image=masks, **settings)
     outside, vae_outside, inside = [], [], []
     for picture, image, mask in zip(pictures, images, masks, strict=True):
-        painted = np.asarray(mask) >= 128
-        outside.append(mean_pixel_difference(picture, image, ~painted))
-        inside.append(mean_pixel_difference(picture, image, painted))
-        vae_outside.append(mean_pixel_difference(vae_round_trip(pipe, image), image, ~painted))
+        change = region_difference(picture, image, mask)
+        outside.append(change["outside"])
+        inside.append(change["inside"])
+        vae_outside.append(region_difference(vae_round_trip(pipe, image), image, mask)["outside"])
     colour = [world.judge(picture).colour == item.colour for picture, item in zip(pictures, targets, strict=True)]
     return InpaintingResult(share(colour), float(np.mean(outside)), float(np.mean(vae_outside)),
                             float(np.mean(inside)), count)

@@ -107,8 +107,7 @@ def prepare_mask(source, image_size: tuple[int, int], *, grow: int = 0,
     if mask.size != expected:
         raise ValueError(f"mask is {mask.width}x{mask.height} but the image is {expected[0]}x{expected[1]}: draw "
                          "the mask on the image it belongs to, or resize it to the image's size first.")
-    if not isinstance(grow, int) or isinstance(grow, bool) or grow < 0:
-        raise ValueError(f"grow={grow!r} must be a whole number of pixels, 0 or more.")
+    _check_pixels("grow", grow)
     notes = []
     if mask.mode != "L":
         notes.append(f"converted {mask.mode} to one channel")
@@ -127,6 +126,11 @@ def prepare_mask(source, image_size: tuple[int, int], *, grow: int = 0,
     return Prepared(mask, "; ".join(notes))
 
 
+def _check_pixels(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name}={value!r} must be a whole number of pixels, 0 or more.")
+
+
 def blend(original: Image.Image, painted: Image.Image, mask: Image.Image, *, soften: int = 0) -> Image.Image:
     """`painted` inside the mask and `original` outside it, mixed across an edge softened over `soften` pixels.
 
@@ -136,8 +140,7 @@ def blend(original: Image.Image, painted: Image.Image, mask: Image.Image, *, sof
     if not original.size == painted.size == mask.size:
         raise ValueError(f"sizes differ: original {original.size}, painted {painted.size}, mask {mask.size}; "
                          "use the prepared image and mask that made the painted picture.")
-    if not isinstance(soften, int) or isinstance(soften, bool) or soften < 0:
-        raise ValueError(f"soften={soften!r} must be a whole number of pixels, 0 or more.")
+    _check_pixels("soften", soften)
     weight = mask.convert("L")
     if soften:
         weight = weight.filter(ImageFilter.GaussianBlur(soften))

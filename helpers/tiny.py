@@ -121,6 +121,22 @@ def _t5_tokenizer(extra_words: Sequence[str] = ()):
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
+def text_encoder_configs(configs: dict[str, dict], clip_tokenizer, t5_tokenizer):
+    """The CLIP and T5 configs of `configs` ("text_encoder", "text_encoder_3"), with the tokenizers' vocabulary
+    size and special tokens filled in."""
+    from transformers import CLIPTextConfig, T5Config
+
+    clip = CLIPTextConfig(
+        **configs["text_encoder"], vocab_size=len(clip_tokenizer), bos_token_id=clip_tokenizer.bos_token_id,
+        eos_token_id=clip_tokenizer.eos_token_id, pad_token_id=clip_tokenizer.pad_token_id,
+    )
+    t5 = T5Config(
+        **configs["text_encoder_3"], vocab_size=len(t5_tokenizer), pad_token_id=t5_tokenizer.pad_token_id,
+        eos_token_id=t5_tokenizer.eos_token_id, decoder_start_token_id=0,
+    )
+    return clip, t5
+
+
 def build_tiny_pipeline():
     """The stand-in in memory, in eval mode. Same weights on every call: each part has its own fixed seed."""
     import torch
@@ -130,7 +146,7 @@ def build_tiny_pipeline():
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
     clip_tokenizer, t5_tokenizer = _clip_tokenizer(), _t5_tokenizer()
 
@@ -139,15 +155,7 @@ def build_tiny_pipeline():
             torch.manual_seed(seed)
             return make().eval()
 
-    clip = CLIPTextConfig(
-        **TINY_CONFIGS["text_encoder"], vocab_size=len(clip_tokenizer),
-        bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
-        pad_token_id=clip_tokenizer.pad_token_id,
-    )
-    t5 = T5Config(
-        **TINY_CONFIGS["text_encoder_3"], vocab_size=len(t5_tokenizer),
-        pad_token_id=t5_tokenizer.pad_token_id, eos_token_id=t5_tokenizer.eos_token_id, decoder_start_token_id=0,
-    )
+    clip, t5 = text_encoder_configs(TINY_CONFIGS, clip_tokenizer, t5_tokenizer)
     return StableDiffusion3Pipeline(
         transformer=seeded(1, lambda: SD3Transformer2DModel(**TINY_CONFIGS["transformer"])),
         vae=seeded(2, lambda: AutoencoderKL(**TINY_CONFIGS["vae"])),

@@ -53,7 +53,7 @@ TOY_CONFIGS: dict[str, dict[str, Any]] = {
     },
     "text_encoder_3": {
         "d_model": 128, "d_ff": 256, "d_kv": 32, "num_heads": 4, "num_layers": 2,
-        "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 16,
+        "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 16, "dropout_rate": 0.0,
     },
     # 64 px pictures / VAE factor 8 = 8x8 latents; patch 2 gives 16 image tokens. pos_embed_max_size 16 allows
     # up to 256 px. qk RMS-norm as in SD3.5.
@@ -141,17 +141,12 @@ def build_toy_pipeline(seed: int = 0):
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+    from helpers.tiny import text_encoder_configs
 
     clip_tokenizer, t5_tokenizer = toy_tokenizers()
-    clip = CLIPTextConfig(
-        **TOY_CONFIGS["text_encoder"], vocab_size=len(clip_tokenizer), bos_token_id=clip_tokenizer.bos_token_id,
-        eos_token_id=clip_tokenizer.eos_token_id, pad_token_id=clip_tokenizer.pad_token_id,
-    )
-    t5 = T5Config(
-        **TOY_CONFIGS["text_encoder_3"], vocab_size=len(t5_tokenizer), pad_token_id=t5_tokenizer.pad_token_id,
-        eos_token_id=t5_tokenizer.eos_token_id, decoder_start_token_id=0, dropout_rate=0.0,
-    )
+    clip, t5 = text_encoder_configs(TOY_CONFIGS, clip_tokenizer, t5_tokenizer)
     parts = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -203,11 +198,10 @@ def scene_pool(recipe: Recipe, work: Path | None = None):
     import numpy as np
 
     seeds = pool_seeds(recipe)
-    scenes = [world.random_scene(random.Random(seed)) for seed in seeds]
     cached = None if work is None else work / "pool.npy"
     if cached is not None and cached.is_file():
-        return scenes, np.load(cached)
-    pictures = np.stack([item.draw() for item in scenes])
+        return [world.scene(seed) for seed in seeds], np.load(cached)
+    scenes, pictures = world.dataset(seeds)
     if cached is not None:
         staging = cached.with_name(".pool.partial.npy")
         np.save(staging, pictures)
@@ -258,6 +252,16 @@ def _learning_rate(recipe: Recipe, step: int, base: float, total: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def _optimizer_step(optimizer, loss, parameters) -> None:
+    """One update: gradients of `loss`, clipped to norm 1, applied."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+
+
 def train_vae(vae, pictures, recipe: Recipe, progress: Progress, checkpoint: Path, *,
               show_progress: bool = True) -> None:
     """Train the VAE to `recipe.vae_steps`, resuming from `checkpoint` and saving to it as it goes."""
@@ -282,11 +286,7 @@ def train_vae(vae, pictures, recipe: Recipe, progress: Progress, checkpoint: Pat
         decoded = vae.decode(posterior.sample()).sample
         reconstruction = torch.nn.functional.mse_loss(decoded, images) + 0.1 * (decoded - images).abs().mean()
         kl = posterior.kl().mean() / images[0].numel()
-        loss = reconstruction + recipe.vae_kl_weight * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
+        _optimizer_step(optimizer, reconstruction + recipe.vae_kl_weight * kl, vae.parameters())
         progress.vae_step += 1
         progress.vae_loss.append(round(reconstruction.item(), 6))
         bar.update(1)
@@ -303,12 +303,7 @@ def train_vae(vae, pictures, recipe: Recipe, progress: Progress, checkpoint: Pat
 def latent_statistics(vae, pictures, count: int = 2048) -> tuple[float, float]:
     """The shift and scale that make the VAE's latents of the toy world mean 0 and standard deviation 1, as
     SD3.5's VAE config holds them (its `shift_factor` and `scaling_factor`)."""
-    import torch
-
-    pictures = pictures[:count]
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(pictures_to_tensor(pictures[i : i + 128])).latent_dist.mean
-                             for i in range(0, len(pictures), 128)])
+    latents, _ = encode_pool(vae, pictures[:count], chunk=128)
     shift = float(latents.mean())
     return round(shift, 4), round(1.0 / float((latents - shift).std()), 4)
 
@@ -404,10 +399,7 @@ def train_transformer(pipe, ema, scenes, pictures, recipe: Recipe, progress: Pro
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(recipe, step, recipe.lr, recipe.steps)
         loss = flow_matching_loss(pipe, recipe, step, latents, captions, drop_t5)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
+        _optimizer_step(optimizer, loss, parameters)
         # The EMA warms up: early on it follows the weights closely, later it averages over ~1/(1-decay) steps.
         decay = min(recipe.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():

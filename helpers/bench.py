@@ -355,6 +355,10 @@ def load_for_bench(args: argparse.Namespace):
     use_offload = check_options(spec, device, offload or "auto", args.quantize, t5)
     if args.compile and not device.startswith("cuda"):
         raise ValueError("--compile needs a CUDA GPU: on a CPU, compiling takes minutes and measures nothing useful.")
+    if args.fuse_qkv and args.quantize:
+        raise ValueError("--fuse-qkv cannot be combined with --quantize nf4: fusing joins the q, k and v weight "
+                         "matrices into one, and NF4 stores them as packed 4-bit blocks that cannot be joined. "
+                         "Time one or the other.")
     if args.weights == "random" and spec.is_stand_in:
         raise ValueError("--weights random builds a full-size model; use it with --model large, large-turbo or medium.")
     if args.weights == "random" and not device.startswith("cuda"):

@@ -54,6 +54,7 @@ def test_command_prints_a_row_and_writes_json(tmp_path, capsys):
         (["--model", "sdxl"], "invalid choice: 'sdxl'"),
         (["--size", "100"], "--size=100 must be a positive multiple of 16"),
         (["--quantize", "nf4", "--offload", "sequential"], "does not work with bitsandbytes"),
+        (["--quantize", "nf4", "--fuse-qkv"], "--fuse-qkv cannot be combined with --quantize nf4"),
         (["--compile"], "--compile needs a CUDA GPU"),
         (["--offload", "model"], "needs a CUDA GPU"),
         (["--model", "large", "--weights", "random"], "--weights random needs a CUDA GPU"),

@@ -227,34 +227,6 @@ def benchmark(
     )
 
 
-class FusedJointAttention:
-    """Joint attention with q, k and v computed by one fused matrix multiply per stream, keeping SD3.5's
-    RMS normalisation of queries and keys (qk_norm). Same result as diffusers' JointAttnProcessor2_0."""
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        import torch
-        import torch.nn.functional as F
-
-        image_tokens = hidden_states.shape[1]
-
-        def split_heads(fused, norm_q, norm_k):
-            query, key, value = (
-                part.unflatten(-1, (attn.heads, -1)).transpose(1, 2) for part in fused.chunk(3, dim=-1)
-            )
-            return (norm_q(query) if norm_q else query), (norm_k(key) if norm_k else key), value
-
-        query, key, value = split_heads(attn.to_qkv(hidden_states), attn.norm_q, attn.norm_k)
-        if encoder_hidden_states is not None:
-            text = split_heads(attn.to_added_qkv(encoder_hidden_states), attn.norm_added_q, attn.norm_added_k)
-            query, key, value = (torch.cat(pair, dim=2) for pair in zip((query, key, value), text, strict=True))
-        out = F.scaled_dot_product_attention(query, key, value).transpose(1, 2).flatten(2).to(query.dtype)
-        image_out = attn.to_out[1](attn.to_out[0](out[:, :image_tokens]))
-        if encoder_hidden_states is None:
-            return image_out
-        text_out = out[:, image_tokens:]
-        return image_out, (text_out if attn.context_pre_only else attn.to_add_out(text_out))
-
-
 def fuse_qkv_projections(transformer) -> None:
     """Fuse the q, k and v projections of each block's joint attention into one matrix multiply per stream.
 
@@ -263,10 +235,12 @@ def fuse_qkv_projections(transformer) -> None:
     processor that fails. This keeps the normalisation and leaves the extra self-attention as it is.
     `transformer.unfuse_qkv_projections()` undoes it.
     """
+    from helpers.attention import JointAttention
+
     transformer.original_attn_processors = transformer.attn_processors
     for block in transformer.transformer_blocks:
         block.attn.fuse_projections(fuse=True)
-        block.attn.set_processor(FusedJointAttention())
+        block.attn.set_processor(JointAttention(fused=True))
 
 
 def _call_settings(steps: int, size: int, guidance_scale: float) -> dict[str, Any]:
@@ -331,7 +305,9 @@ def random_weights_pipeline(model: str, device: str, dtype):
     stand_in = StableDiffusion3Pipeline.from_pretrained(
         tiny_pipeline_dir(), transformer=None, vae=None, text_encoder=None, text_encoder_2=None, text_encoder_3=None
     )
-    parts = {part: build_component(model, part, device=device, dtype=dtype).eval() for part in COMPONENTS}
+    # .to(dtype): diffusers builds the transformer's positional table in float32; a checkpoint loads it in `dtype`
+    parts = {part: build_component(model, part, device=device, dtype=dtype).to(dtype=dtype).eval()
+             for part in COMPONENTS}
     return StableDiffusion3Pipeline(
         **parts,
         tokenizer=stand_in.tokenizer,
@@ -348,17 +324,26 @@ def load_for_bench(args: argparse.Namespace):
     from helpers.loading import apply_offload, check_options, default_device, default_dtype, load_pipeline
     from helpers.quantization import quantize_linear_layers_nf4
 
-    spec = get_model(args.model)
-    device = default_device()
-    t5 = "drop" if args.drop_t5 else "keep"
-    offload = args.offload
-    use_offload = check_options(spec, device, offload or "auto", args.quantize, t5)
-    if args.compile and not device.startswith("cuda"):
-        raise ValueError("--compile needs a CUDA GPU: on a CPU, compiling takes minutes and measures nothing useful.")
+    if args.compile and args.offload:
+        raise ValueError(f"--compile cannot be combined with --offload {args.offload}: the offload hooks move weights "
+                         "between CPU and GPU inside the forward pass, which torch.compile(fullgraph=True) refuses to "
+                         "trace (measured on an H100, benchmarks/gpu_check/). Time one or the other.")
+    if args.fuse_qkv and args.offload in ("sequential", "group"):
+        raise ValueError(f"--fuse-qkv cannot be combined with --offload {args.offload}: its hooks manage the separate "
+                         "q, k and v layers, and the fused layer that replaces them has none (it fails on a GPU, "
+                         "benchmarks/gpu_check/). Use --offload model, or no offload.")
     if args.fuse_qkv and args.quantize:
         raise ValueError("--fuse-qkv cannot be combined with --quantize nf4: fusing joins the q, k and v weight "
                          "matrices into one, and NF4 stores them as packed 4-bit blocks that cannot be joined. "
                          "Time one or the other.")
+    spec = get_model(args.model)
+    device = default_device()
+    t5 = "drop" if args.drop_t5 else "keep"
+    offload = args.offload
+    route = check_options(spec, device, offload or "auto", args.quantize, t5)
+    use_offload = route.offload
+    if args.compile and not device.startswith("cuda"):
+        raise ValueError("--compile needs a CUDA GPU: on a CPU, compiling takes minutes and measures nothing useful.")
     if args.weights == "random" and spec.is_stand_in:
         raise ValueError("--weights random builds a full-size model; use it with --model large, large-turbo or medium.")
     if args.weights == "random" and not device.startswith("cuda"):

@@ -55,6 +55,8 @@ def test_command_prints_a_row_and_writes_json(tmp_path, capsys):
         (["--size", "100"], "--size=100 must be a positive multiple of 16"),
         (["--quantize", "nf4", "--offload", "sequential"], "does not work with bitsandbytes"),
         (["--quantize", "nf4", "--fuse-qkv"], "--fuse-qkv cannot be combined with --quantize nf4"),
+        (["--fuse-qkv", "--offload", "group"], "--fuse-qkv cannot be combined with --offload group"),
+        (["--compile", "--offload", "model"], "--compile cannot be combined with --offload model"),
         (["--compile"], "--compile needs a CUDA GPU"),
         (["--offload", "model"], "needs a CUDA GPU"),
         (["--model", "large", "--weights", "random"], "--weights random needs a CUDA GPU"),

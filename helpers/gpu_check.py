@@ -56,8 +56,8 @@ CHECKS = (
     Check("stand-in-loading", "every load_pipeline option combination on the stand-in, each task through from_pipe",
           False, 20),
     Check("bench-options", "every python -m helpers.bench option combination on the stand-in", False, 15),
-    Check("medium", "SD3.5 Medium, random weights: bf16 on the GPU, the math attention a T4 gets, fused q/k/v",
-          True, 60),
+    Check("medium", "SD3.5 Medium, random weights: bf16 on the GPU, the math attention a T4 gets, fused q/k/v, "
+          "bounded attention", True, 60),
     Check("large", "SD3.5 Large, random weights: bf16, Turbo's settings, math attention, NF4, NF4 without T5",
           True, 90),
     Check("large-nf4-model-offload", "SD3.5 Large, NF4 transformer with model CPU offload (the seed's T4 recipe)",
@@ -159,6 +159,7 @@ def _measured(record: dict[str, Any], result: dict[str, Any], estimate=None) -> 
     if estimate is not None:
         record["estimate_gb"] = estimate.peak_gb
         record["estimate_strategy"] = estimate.strategy
+        record["estimate_host_gb"] = estimate.host_gb
         if record.get("gpu_peak_gb"):
             record["measured_over_estimate"] = round(record["gpu_peak_gb"] / estimate.peak_gb, 3)
     record["host_rss_max_gb"] = round(_max_rss_bytes() / 1e9, 2)
@@ -184,11 +185,12 @@ def check_stand_in_loading(recorder: Recorder) -> None:
     spec, device = get_model("tiny"), default_device()
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
-    for offload, quantize, t5 in itertools.product(OFFLOAD_CHOICES, QUANTIZE_CHOICES, T5_CHOICES):
+    chosen = [[choice for choice in choices if choice != "auto"] for choices in (QUANTIZE_CHOICES, T5_CHOICES)]
+    for offload, quantize, t5 in itertools.product(OFFLOAD_CHOICES, *chosen):
         options = {"offload": offload, "quantize": quantize, "t5": t5}
         with recorder.case(f"offload={offload} quantize={quantize} t5={t5}", **options) as record:
             try:
-                record["offload_used"] = check_options(spec, device, offload, quantize, t5)
+                record["offload_used"] = check_options(spec, device, offload, quantize, t5).offload
             except (ValueError, MemoryError) as refusal:
                 record.update(status="refused", error=_describe(refusal))
                 continue
@@ -264,10 +266,10 @@ def _full_size(model: str):
     return random_weights_pipeline(model, "cuda", torch.bfloat16)
 
 
-def _estimate(model: str, strategy):
+def _estimate(model: str, strategy, attention: str = "fused"):
     from helpers.memory import estimate
 
-    return estimate(model, strategy, SIZE)
+    return estimate(model, strategy, SIZE, attention)
 
 
 @contextmanager
@@ -292,10 +294,16 @@ def check_medium(recorder: Recorder) -> None:
                   _estimate("medium", "gpu"))
     with recorder.case("math attention (T4 path)", model="medium") as record, _math_attention():
         _measured(record, measure(pipe, steps=MEMORY_STEPS, size=SIZE, guidance_scale=guidance, runs=1, warmup=1),
-                  _estimate("medium", "gpu"))
+                  _estimate("medium", "gpu", "math"))
     with recorder.case("fused q/k/v", model="medium") as record:
         fuse_qkv_projections(pipe.transformer)
         _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=guidance, runs=3, warmup=1))
+    with recorder.case("bounded attention (what a T4 runs)", model="medium") as record, _math_attention():
+        from helpers.attention import bound_attention_memory
+
+        bound_attention_memory(pipe)
+        _measured(record, measure(pipe, steps=MEMORY_STEPS, size=SIZE, guidance_scale=guidance, runs=1, warmup=1),
+                  _estimate("medium", "gpu", "bounded"))
     with recorder.case("freeing a pipeline that has run") as record:
         record["allocated_gb"] = round(_allocated_gb(), 2)
         del pipe
@@ -328,7 +336,7 @@ def check_large(recorder: Recorder) -> None:
                   _estimate("large-turbo", "gpu"))
     with recorder.case("math attention (T4 path)", model="large") as record, _math_attention():
         _measured(record, measure(pipe, steps=MEMORY_STEPS, size=SIZE, guidance_scale=large.guidance_scale,
-                                  warmup=1), _estimate("large", "gpu"))
+                                  warmup=1), _estimate("large", "gpu", "math"))
     with recorder.case("NF4 transformer on the GPU", model="large") as record:
         quantize_linear_layers_nf4(pipe.transformer, compute_dtype=pipe.dtype)
         _free_memory()

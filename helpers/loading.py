@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ from helpers.quantization import QUANTIZE_CHOICES, T5_CHOICES
 if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
+
+    from helpers.memory import Card
 
 TASKS = {
     "text-to-image": "StableDiffusion3Pipeline",
@@ -59,23 +62,41 @@ def gpu_memory_gb(device: str = "cuda") -> float | None:
     return torch.cuda.get_device_properties(torch.device(device)).total_memory / 1e9
 
 
-def placement(
-    model: str | ModelSpec, memory_gb: float, *, quantize: str | None = None, t5: str = "keep"
-) -> str | None:
-    """Where `model` fits on a GPU of `memory_gb` GB at its recommended size: 'gpu' (everything on it),
-    'model-offload' (one model at a time, the rest in CPU memory) or None (not even that).
+def this_machine(device: str = "cuda") -> Card | None:
+    """This machine as helpers.memory describes cards: the GPU's *free* memory (another notebook's kernel, or a
+    pipeline this one still holds, takes its share), whether it has fused bf16 attention, and the host's memory.
+    None without a CUDA GPU."""
+    import psutil
+    import torch
 
-    Uses the estimated peaks of helpers.memory, keeping its reserve free.
+    from helpers.attention import needs_bounded_attention
+    from helpers.memory import Card
+
+    if gpu_memory_gb(device) is None:
+        return None
+    free_bytes, _ = torch.cuda.mem_get_info(torch.device(device))
+    return Card(free_bytes / 1e9, fused_bf16_attention=not needs_bounded_attention(device),
+                host_gb=psutil.virtual_memory().total / 1e9)
+
+
+def placement(
+    model: str | ModelSpec, card: Card | float, *, quantize: str | None = None, t5: str = "keep"
+) -> str | None:
+    """Where `model` fits on `card` (a helpers.memory Card, or a GPU's memory in GB) at its recommended size:
+    'gpu' (everything on it), 'model-offload' (one model at a time, the rest in CPU memory) or None (neither).
+
+    Uses the estimates of helpers.memory: the GPU peak with the attention the card gets and, where the card's host
+    memory is known, the host memory CPU offload needs, each keeping its reserve free.
     """
-    from helpers.memory import Strategy, estimate, fits
+    from helpers.memory import Card, Strategy, fits_card
 
     spec = get_model(model)
     if spec.is_stand_in:
         return "gpu"
+    card = card if isinstance(card, Card) else Card(card)
     storage = {"transformer": "nf4" if quantize else "bf16", "t5": {"keep": "bf16"}.get(t5, t5)}
     for offload, answer in (("none", "gpu"), ("model", "model-offload")):
-        peak = estimate(spec.name, Strategy("", offload=offload, **storage), spec.height).peak_gb
-        if fits(peak, memory_gb):
+        if fits_card(spec.name, Strategy("", offload=offload, **storage), card, spec.height):
             return answer
     return None
 
@@ -100,37 +121,75 @@ def _pipeline_class(task: str):
     return getattr(diffusers, TASKS[task])
 
 
-def check_options(spec: ModelSpec, device: str, offload, quantize, t5) -> str | None:
-    """The offload to use (None for none). Raises, naming the value and the fix, before anything loads."""
+AUTO_ROUTES = ("gpu", "model-offload", "t5-int8", "t5-nf4", "nf4", "nf4-model-offload", "nf4-t5-nf4", "no-t5")
+"""The strategies of helpers.memory that 'auto' options try, in order: full precision first, then offload (slower),
+then 8- and 4-bit weights, T5 dropped last (weaker prompt following). Sequential and group offload are never
+chosen for you: they copy every weight to the GPU at every step."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a pipeline is loaded: the strategy of helpers.memory and the load_pipeline options it stands for."""
+
+    strategy: str | None
+    offload: str | None
+    quantize: str | None
+    t5: str
+
+
+def choose_route(spec: ModelSpec, card: Card, *, offload="auto", quantize="auto", t5="auto") -> Route | None:
+    """The first of AUTO_ROUTES that fits `card` and agrees with every option that is not 'auto' (None: none)."""
+    from helpers.memory import fits_card, load_options
+
+    for name in AUTO_ROUTES:
+        options = load_options(name)
+        route = Route(name, options["offload"], options.get("quantize"), options.get("t5", "keep"))
+        asked = ((offload, route.offload), (quantize, route.quantize), (t5, route.t5))
+        if all(value in ("auto", chosen) for value, chosen in asked) and fits_card(spec.name, name, card, spec.height):
+            return route
+    return None
+
+
+def check_options(spec: ModelSpec, device: str, offload, quantize, t5) -> Route:
+    """The offload, quantization and T5 storage to load with, each 'auto' resolved for this machine. Raises, naming
+    the value and the fix, before anything loads."""
     if offload not in OFFLOAD_CHOICES:
         raise ValueError(f"offload={offload!r} is not supported. Use one of: {', '.join(map(repr, OFFLOAD_CHOICES))}.")
     if quantize not in QUANTIZE_CHOICES:
-        raise ValueError(f"quantize={quantize!r} is not supported. Use quantize='nf4' (4-bit) or None (bf16).")
+        raise ValueError(f"quantize={quantize!r} is not supported. Use quantize='nf4' (4-bit), None (bf16) or "
+                         "'auto' (bf16 where it fits).")
     if t5 not in T5_CHOICES:
         raise ValueError(f"t5={t5!r} is not supported. Use one of: {', '.join(map(repr, T5_CHOICES))}.")
-    quantized = quantize is not None or t5 in ("nf4", "int8")
+    quantized = quantize == "nf4" or t5 in ("nf4", "int8")
     if quantized and offload in ("sequential", "group"):
         raise ValueError(
             f"offload={offload!r} does not work with bitsandbytes 4-bit or 8-bit layers (quantize={quantize!r}, "
             f"t5={t5!r}): their weights cannot be moved layer by layer. Use offload='model' with quantization, "
             "or drop the quantization to use this offload."
         )
-    memory_gb = gpu_memory_gb(device)
-    if memory_gb is None:
-        if offload not in ("auto", None):
+    card = this_machine(device)
+    if card is None or spec.is_stand_in or offload != "auto":
+        if card is None and offload not in ("auto", None):
             raise ValueError(f"offload={offload!r} needs a CUDA GPU; device={device!r}. Use offload=None on a CPU.")
-        return None
-    if offload != "auto":
-        return offload
-    where = placement(spec, memory_gb, quantize=quantize, t5=t5)
-    if where is None:
+        return Route(None, None if offload == "auto" else offload, None if quantize == "auto" else quantize,
+                     "keep" if t5 == "auto" else t5)
+    route = choose_route(spec, card, quantize=quantize, t5=t5)
+    if route is None:
+        from helpers.memory import load_options, routes_that_fit
+
+        routes = [", ".join(f"{key}={value!r}" for key, value in load_options(route).items())
+                  for route in routes_that_fit(spec.name, card, spec.height)]
+        host = "" if card.host_gb is None else f", {card.host_gb:.1f} GB of RAM"
         raise MemoryError(
-            f"{spec.title} does not fit on this {memory_gb:.1f} GB GPU with quantize={quantize!r}, t5={t5!r}, "
-            "even with model CPU offload. On a 16 GB card use quantize='nf4' with offload='model', or SD3.5 "
-            "Medium (SD35_MODEL=medium). `python -m helpers.memory --gpu-gb "
-            f"{memory_gb:.0f}` lists what fits."
+            f"{spec.title} does not fit this machine ({card.memory_gb:.1f} GB of GPU memory free{host}) with "
+            f"quantize={quantize!r}, t5={t5!r}. "
+            + (f"Loading options that fit: {'; '.join(routes)}. " if routes else
+               "No loading option fits it; use SD3.5 Medium (SD35_MODEL=medium) or a larger GPU. ")
+            + "A pipeline loaded earlier takes its share: `del` it first. `python -m helpers.memory --gpu-gb "
+            f"{card.memory_gb:.0f}" + ("" if card.host_gb is None else f" --host-gb {card.host_gb:.0f}")
+            + (" --no-fused-attention" if not card.fused_bf16_attention else "") + "` shows every estimate."
         )
-    return "model" if where == "model-offload" else None
+    return route
 
 
 def load_pipeline(
@@ -140,8 +199,8 @@ def load_pipeline(
     device: str | None = None,
     dtype: torch.dtype | None = None,
     offload: str | None = "auto",
-    quantize: str | None = None,
-    t5: str = "keep",
+    quantize: str | None = "auto",
+    t5: str = "auto",
 ) -> DiffusionPipeline:
     """The diffusers pipeline of `model` for `task` ('text-to-image', 'image-to-image' or 'inpainting').
 
@@ -149,17 +208,20 @@ def load_pipeline(
       missing); the offline models load from their folders (the toy's ships with the helpers, the random stand-in
       is built locally). All through `from_pretrained`.
     - Asking for another task of a model already loaded the same way reuses its components (`from_pipe`).
-    - `quantize='nf4'` stores the transformer in 4-bit NF4 (bitsandbytes, computing in bf16).
+    - `quantize='nf4'` stores the transformer in 4-bit NF4 (bitsandbytes, computing in bf16); None keeps bf16.
     - `t5`: 'keep' (bf16), 'drop' (no T5: less memory, weaker prompt following), 'nf4' or 'int8'.
-    - `offload`: 'auto' keeps everything on the GPU where it fits and uses model CPU offload where only one model
-      at a time fits; None, 'model', 'sequential' (one layer at a time) and 'group' (one block at a time) force it.
+    - `offload`: None, 'model', 'sequential' (one layer at a time) or 'group' (one block at a time).
+    - 'auto' (the default of all three) keeps everything on the GPU in bf16 where it fits, and otherwise takes
+      the first route of AUTO_ROUTES that fits this GPU's free memory and this machine's RAM (helpers.memory), with
+      the options you did set. Without a GPU: no offload, bf16 (float32 on a CPU), T5 kept.
     Bad values and combinations that cannot work raise before anything loads.
     """
     spec = get_model(model)
     pipeline_class = _pipeline_class(task)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    use_offload = check_options(spec, device, offload, quantize, t5)
+    route = check_options(spec, device, offload, quantize, t5)
+    use_offload, quantize, t5 = route.offload, route.quantize, route.t5
 
     alive = _loaded.setdefault((spec.name, str(device), str(dtype), use_offload, quantize, t5), weakref.WeakSet())
     for pipe in list(alive):
@@ -176,6 +238,7 @@ def load_pipeline(
 
 def _load(pipeline_class, spec: ModelSpec, device: str, dtype, offload: str | None, quantize, t5):
     from helpers import quantization
+    from helpers.attention import bound_attention_memory, needs_bounded_attention
 
     on_gpu = str(device).startswith("cuda")
     source, token = _weights_source(spec)
@@ -204,6 +267,8 @@ def _load(pipeline_class, spec: ModelSpec, device: str, dtype, offload: str | No
     pipe = _from_pretrained(pipeline_class, spec, source, device_map=device_map, **options)
     if quantize and not on_gpu:  # diffusers' quantizer needs a GPU: build the same NF4 layers directly
         quantization.quantize_linear_layers_nf4(pipe.transformer, compute_dtype=dtype)
+    if needs_bounded_attention(device):
+        bound_attention_memory(pipe)  # a T4's math attention would otherwise need GBs (helpers.attention)
     if offload is not None:
         apply_offload(pipe, offload, device)
     elif device_map is None:

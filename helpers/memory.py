@@ -1,12 +1,13 @@
 """Where an SD3.5 pipeline's GPU memory goes, and which loading strategy fits which GPU.
 
 Introduced in notebook 02. Weight sizes are exact: every tensor of the full-size models is counted on the `meta`
-device, and the bytes of each storage format follow bitsandbytes' layouts. Activation sizes are estimates from
-the tensor shapes of one denoising step and of the VAE decode; `python -m helpers.bench` measures real peaks on a
-GPU. Every figure is an estimate of `torch.cuda.max_memory_allocated()`: what nvidia-smi shows adds the CUDA
-context on top.
+device, and the bytes of each storage format follow bitsandbytes' layouts. Working memory is estimated from tensor
+shapes, with the two terms that dominate it (the VAE decode, and attention on GPUs without fused bf16 kernels)
+calibrated on an H100 by `python -m helpers.gpu_check` (benchmarks/gpu_check/). GPU figures estimate
+`torch.cuda.max_memory_allocated()`: what nvidia-smi shows adds the CUDA context on top. Host figures estimate the
+Python process's largest resident memory (RSS), which CPU offload fills with the weights it keeps there.
 
-    python -m helpers.memory --model large [--size 1024] [--gpu-gb 24] [--json]
+    python -m helpers.memory --model large [--size 1024] [--gpu-gb 16 --host-gb 12.7 --no-fused-attention] [--json]
 """
 
 from __future__ import annotations
@@ -31,10 +32,53 @@ NF4_BLOCK = 64
 UNQUANTIZED_LINEAR_SUFFIXES = {"text_encoder_3": (".wo",)}
 QUANTIZABLE = ("transformer", "text_encoder_3")
 
-GPUS = {"T4": 16, "L4": 24, "A10G": 24, "A100 40GB": 40, "A100/H100 80GB": 80}
-"""Cards readers use, by their nominal memory in GB."""
+
+
+@dataclass(frozen=True)
+class Card:
+    """A GPU as readers get it: its memory, whether PyTorch has fused bf16 attention kernels for it, and the host
+    memory of the machine it comes with (None where machines differ)."""
+
+    memory_gb: float
+    fused_bf16_attention: bool = True
+    host_gb: float | None = None
+
+    @property
+    def attention(self) -> str:
+        """The attention the helpers run on this card: fused kernels, or bounded math (helpers.attention)."""
+        return "fused" if self.fused_bf16_attention else "bounded"
+
+
+GPUS = {
+    "Colab T4": Card(16, fused_bf16_attention=False, host_gb=12.7),
+    "L4": Card(24),
+    "A10G, 16 GiB host": Card(24, host_gb=17.2),
+    "A10G, 32 GiB host": Card(24, host_gb=34.4),
+    "A100 40GB": Card(40),
+    "A100/H100 80GB": Card(80),
+}
+"""Cards readers use, by nominal memory. T4 (compute capability 7.5) predates bf16 tensor cores. Hosts: free Colab's
+T4 machine has 12.7 GB of RAM; SageMaker's ml.g5.xlarge and ml.g5.2xlarge (A10G) have 16 and 32 GiB."""
 RESERVE_GB = 1.5
 """Assumed unusable part of a card (CUDA context, driver, allocator fragmentation): an assumption, not measured."""
+HOST_RESERVE_GB = 1.0
+"""Assumed part of the host's memory taken by the system and Jupyter: an assumption, not measured."""
+
+VAE_DECODE_BYTES_PER_PIXEL = 2_480
+"""Working memory of the VAE decode per output pixel (bf16, one image): 2.60 GB at 1024x1024, measured on an H100
+as the peak minus the weights on the GPU, the same for Medium and Large (benchmarks/gpu_check/h100-run1.json)."""
+MATH_ATTENTION_BYTES_PER_SCORE = 9
+"""Extra working memory per attention score (batch x heads x tokens x tokens) when PyTorch runs attention with its
+math kernel, as it does for bf16 on GPUs without fused bf16 kernels (T4, V100): 8.95 bytes for Medium and 8.99 for
+Large at 1024x1024, measured on an H100 with the math kernel forced. It computes in float32."""
+HOST_BASE_GB = 2.1
+"""Resident memory of a process that has imported torch and diffusers and started CUDA, weights aside: 2.1 GB
+measured on the H100 machine (benchmarks/gpu_check/)."""
+HOST_COPIES = {"none": 0.0, "embeddings-once": 0.0, "model": 1.26, "sequential": 1.03, "group": 1.43}
+"""Host memory per byte of weights kept in CPU memory, by offload: measured on the H100 machine (Medium with model,
+sequential and group offload, NF4 Large with model offload). Model offload copies each part back to fresh CPU memory
+after every image; group offload with a CUDA stream also pins a copy for fast transfers."""
+ATTENTION_KINDS = ("fused", "math", "bounded")
 
 OFFLOAD_MODES = ("none", "model", "sequential", "group", "embeddings-once")
 
@@ -123,21 +167,25 @@ class Activations:
     vae_decode: int
 
 
-def activations(model: str, size: int = 1024, max_sequence_length: int = 256) -> Activations:
+def activations(model: str, size: int = 1024, max_sequence_length: int = 256, attention: str = "fused") -> Activations:
     """Estimate each stage's live activations from tensor shapes.
 
     - Denoising: one transformer block holds about 15 tensors of tokens x hidden size (residual stream, norms,
       q, k, v, attention output, and the 4x-wide MLP twice) for a batch of 2 (prompt and negative prompt).
-      PyTorch's fused attention never stores the tokens x tokens matrix. MMDiT-X blocks add q, k, v again.
-    - VAE decode: about 6 full-resolution tensors of 128 channels (the last decoder stage), batch 1.
+      MMDiT-X blocks add q, k, v again. `attention`: 'fused' kernels never store the tokens x tokens matrix;
+      'math' does, in float32 (MATH_ATTENTION_BYTES_PER_SCORE); 'bounded' (helpers.attention) does for one chunk
+      of queries at a time.
+    - VAE decode: VAE_DECODE_BYTES_PER_PIXEL, measured.
     - Text encoding: T5's feed-forward (3 tensors of tokens x d_ff), batch 2.
     """
     from helpers.architecture import reference_config
+    from helpers.attention import QUERY_CHUNK
 
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention={attention!r} is not an attention kind. Use one of: {', '.join(ATTENTION_KINDS)}.")
     spec = get_model(model)
     transformer = reference_config(spec.transformer_config)
     t5 = reference_config("text_encoder_3-t5xxl")
-    vae = reference_config("vae")
     bytes_per_value, batch = 2, 2
     hidden = transformer["num_attention_heads"] * transformer["attention_head_dim"]
     image_tokens = (size // 16) ** 2
@@ -146,7 +194,14 @@ def activations(model: str, size: int = 1024, max_sequence_length: int = 256) ->
     if transformer.get("dual_attention_layers"):
         per_block += 3 * image_tokens * hidden
     denoising = batch * per_block * bytes_per_value
-    vae_decode = 6 * vae["block_out_channels"][0] * size * size * bytes_per_value
+    if attention != "fused":
+        queries = tokens if attention == "math" else min(tokens, QUERY_CHUNK)
+        denoising += MATH_ATTENTION_BYTES_PER_SCORE * batch * transformer["num_attention_heads"] * queries * tokens
+    vae_decode = VAE_DECODE_BYTES_PER_PIXEL * size * size
+    if attention != "fused":  # the VAE's own attention: one head over every latent pixel, batch 1
+        latent_pixels = (size // 8) ** 2
+        queries = latent_pixels if attention == "math" else min(latent_pixels, QUERY_CHUNK)
+        vae_decode += MATH_ATTENTION_BYTES_PER_SCORE * queries * latent_pixels
     text = batch * 3 * (77 + max_sequence_length) * t5["d_ff"] * bytes_per_value
     return Activations(text_encoding=text, denoising=denoising, vae_decode=vae_decode)
 
@@ -161,6 +216,8 @@ class Estimate:
     weights_on_gpu_gb: float
     activations_gb: float
     peak_stage: str
+    host_gb: float
+    """The process's largest resident memory on the host (GB)."""
 
 
 def _gb(value: int) -> float:
@@ -181,7 +238,14 @@ def weights(model: str, strategy: Strategy) -> dict[str, int]:
 @cache
 def _largest_piece_bytes(model: str, component: str, level: str) -> int:
     """Bytes (bf16) of the most a component holds on the GPU at once under sequential ('layer') or group
-    ('block') offload: its largest layer, or its largest repeated block plus the layers outside its blocks."""
+    ('block') offload.
+
+    - Sequential: its largest layer. (Its buffers stay on the GPU throughout: see `_buffer_bytes`.)
+    - Group, as diffusers 0.42 applies it (`_apply_group_offloading_block_level`): only a ModuleList or Sequential
+      that is a *direct* child of the model is split into blocks; everything else is one group, on the GPU for the
+      whole forward pass. So T5 and the CLIP encoders, whose layers sit deeper, move whole. With a CUDA stream the
+      next block is loaded while the current one runs: two blocks at once.
+    """
     import torch
 
     from helpers.architecture import meta_component
@@ -189,15 +253,26 @@ def _largest_piece_bytes(model: str, component: str, level: str) -> int:
     module = meta_component(model, component)
     if level == "layer":
         return 2 * max(sum(p.numel() for p in layer.parameters(recurse=False)) for layer in module.modules())
-    block_lists = [m for m in module.modules() if isinstance(m, torch.nn.ModuleList)]
+    block_lists = [child for child in module.children() if isinstance(child, torch.nn.ModuleList | torch.nn.Sequential)]
     in_blocks = {id(p) for blocks in block_lists for p in blocks.parameters()}
     outside = sum(p.numel() for p in module.parameters() if id(p) not in in_blocks)
     largest = max((sum(p.numel() for p in block.parameters()) for blocks in block_lists for block in blocks), default=0)
-    return 2 * (outside + largest)
+    return 2 * (outside + 2 * largest)
 
 
-def estimate(model: str, strategy: str | Strategy, size: int = 1024) -> Estimate:
-    """Estimated peak GPU memory of `model` loaded with `strategy` (a name in STRATEGIES) at `size` x `size`."""
+@cache
+def _buffer_bytes(model: str) -> int:
+    """Bytes (bf16) of every part's buffers: sequential offload leaves them on the GPU (diffusers offloads buffers
+    only for a model with parameters of its own, which no SD3.5 part has)."""
+    from helpers.architecture import COMPONENTS, meta_component
+
+    return 2 * sum(buffer.numel() for part in COMPONENTS for buffer in meta_component(model, part).buffers())
+
+
+def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: str = "fused") -> Estimate:
+    """Estimated peak GPU memory and host memory of `model` loaded with `strategy` (a name in STRATEGIES) at
+    `size` x `size`, one image with classifier-free guidance. `attention`: 'fused' (Ampere and newer), 'bounded'
+    (what the helpers run on older GPUs), or 'math' (PyTorch's own fallback on them)."""
     spec = get_model(model)
     if spec.is_stand_in:
         raise ValueError(f"model={spec.name!r} is an offline model; estimate a full-size model: large, large-turbo or "
@@ -211,23 +286,30 @@ def estimate(model: str, strategy: str | Strategy, size: int = 1024) -> Estimate
     if strategy.offload not in OFFLOAD_MODES:
         raise ValueError(f"offload={strategy.offload!r} is not an offload mode: {', '.join(OFFLOAD_MODES)}.")
     check_side("size", size)
-    act = activations(spec.name, size)
+    act = activations(spec.name, size, attention=attention)
     w = weights(spec.name, strategy)
-    text = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    text = [part for part in ("text_encoder", "text_encoder_2", "text_encoder_3") if w[part]]
     if strategy.offload == "none":
         on_gpu = {stage: sum(w.values()) for stage in ("text encoding", "denoising", "VAE decode")}
     elif strategy.offload == "model":
-        on_gpu = {"text encoding": max(w[p] for p in text), "denoising": w["transformer"], "VAE decode": w["vae"]}
+        # diffusers chains the hooks text_encoder -> text_encoder_2 -> text_encoder_3 -> transformer: a part leaves
+        # the GPU when the next one in the chain starts. The last encoder is still there when the negative prompt
+        # is encoded, so it shares the GPU with each of the others in turn (measured: T5 + CLIP-G).
+        last, others = text[-1], text[:-1]
+        on_gpu = {"text encoding": w[last] + max((w[p] for p in others), default=0),
+                  "denoising": w["transformer"], "VAE decode": w["vae"]}
     elif strategy.offload in ("sequential", "group"):
         level = "layer" if strategy.offload == "sequential" else "block"
         piece = {p: _largest_piece_bytes(spec.name, p, level) if w[p] else 0 for p in w}
-        on_gpu = {"text encoding": max(piece[p] for p in text), "denoising": piece["transformer"],
-                  "VAE decode": piece["vae"]}
+        resident = _buffer_bytes(spec.name) if level == "layer" else 0
+        on_gpu = {"text encoding": resident + max(piece[p] for p in text),
+                  "denoising": resident + piece["transformer"], "VAE decode": resident + piece["vae"]}
     else:  # embeddings-once
         on_gpu = {"text encoding": sum(w[p] for p in text), "denoising": w["transformer"] + w["vae"],
                   "VAE decode": w["transformer"] + w["vae"]}
     working = {"text encoding": act.text_encoding, "denoising": act.denoising, "VAE decode": act.vae_decode}
     stage = max(on_gpu, key=lambda s: on_gpu[s] + working[s])
+    host = HOST_BASE_GB + HOST_COPIES[strategy.offload] * sum(w.values()) / 1e9
     return Estimate(
         strategy=name,
         description=strategy.description,
@@ -235,6 +317,7 @@ def estimate(model: str, strategy: str | Strategy, size: int = 1024) -> Estimate
         weights_on_gpu_gb=_gb(on_gpu[stage]),
         activations_gb=_gb(working[stage]),
         peak_stage=stage,
+        host_gb=round(host, 1),
     )
 
 
@@ -245,8 +328,34 @@ def fits(peak_gb: float, gpu_gb: float) -> bool:
     return peak_gb + RESERVE_GB <= gpu_gb
 
 
-def fit_table(model: str, size: int = 1024, gpus: dict[str, float] | None = None) -> list[dict]:
-    """One row per strategy: estimated peak and, for each GPU, whether it fits."""
+def fits_card(model: str, strategy: str | Strategy, card: Card, size: int = 1024) -> bool:
+    """Whether `strategy` fits `card`: its GPU peak (with the attention the card gets) and, where the card's host is
+    known, the host memory, each keeping its reserve free."""
+    result = estimate(model, strategy, size, card.attention)
+    host_ok = card.host_gb is None or result.host_gb + HOST_RESERVE_GB <= card.host_gb
+    return fits(result.peak_gb, card.memory_gb) and host_ok
+
+
+def load_options(strategy: str | Strategy) -> dict[str, str]:
+    """The `load_pipeline` arguments of a strategy (only those that differ from the defaults)."""
+    strategy = STRATEGIES[strategy] if isinstance(strategy, str) else strategy
+    options = {}
+    if strategy.transformer == "nf4":
+        options["quantize"] = "nf4"
+    if strategy.t5 != "bf16":
+        options["t5"] = strategy.t5
+    options["offload"] = None if strategy.offload == "none" else strategy.offload
+    return options
+
+
+def routes_that_fit(model: str, card: Card, size: int = 1024) -> list[str]:
+    """The strategies `load_pipeline` can load that fit `card`, in the order of STRATEGIES."""
+    return [name for name, strategy in STRATEGIES.items()
+            if strategy.offload != "embeddings-once" and fits_card(model, name, card, size)]
+
+
+def fit_table(model: str, size: int = 1024, gpus: dict[str, Card] | None = None) -> list[dict]:
+    """One row per strategy: estimated GPU peak (fused attention) and host memory, and which cards it fits."""
     gpus = gpus or GPUS
     rows = []
     for strategy in STRATEGIES:
@@ -254,7 +363,7 @@ def fit_table(model: str, size: int = 1024, gpus: dict[str, float] | None = None
         rows.append(
             {
                 **asdict(result),
-                "fits": {name: fits(result.peak_gb, memory) for name, memory in gpus.items()},
+                "fits": {name: fits_card(model, strategy, card, size) for name, card in gpus.items()},
             }
         )
     return rows
@@ -280,7 +389,7 @@ def measure_peak_gb(function):
     return result, _gb(torch.cuda.max_memory_allocated())
 
 
-def plot_strategies(model: str, size: int = 1024, gpus: dict[str, float] | None = None):
+def plot_strategies(model: str, size: int = 1024, gpus: dict[str, Card] | None = None):
     """Bar chart of the estimated peak of each strategy, with the usable memory of common GPUs marked."""
     from helpers.images import unshown_subplots
 
@@ -291,12 +400,12 @@ def plot_strategies(model: str, size: int = 1024, gpus: dict[str, float] | None 
     axis.barh(names, [r.weights_on_gpu_gb for r in results], label="weights on the GPU", color="tab:blue")
     axis.barh(names, [r.activations_gb for r in results], left=[r.weights_on_gpu_gb for r in results],
               label="working memory (estimate)", color="tab:orange")
-    limits = sorted(set(gpus.values()))
+    limits = sorted({card.memory_gb for card in gpus.values()})
     for memory in limits:
         axis.axvline(memory - RESERVE_GB, color="grey", linestyle=":", linewidth=1)
     cards = axis.secondary_xaxis("top")
     cards.set_xticks([memory - RESERVE_GB for memory in limits],
-                     ["\n".join(name for name, value in gpus.items() if value == memory) for memory in limits],
+                     ["\n".join(name for name, card in gpus.items() if card.memory_gb == memory) for memory in limits],
                      fontsize=7)
     axis.invert_yaxis()
     axis.set_xlabel(f"estimated peak GPU memory (GB); dotted lines: each card's memory less {RESERVE_GB} GB reserve")
@@ -320,8 +429,8 @@ def format_table(model: str) -> list[dict]:
     return rows
 
 
-def strategy_table(model: str, size: int = 1024, gpus: dict[str, float] | None = None):
-    """The estimated peak of each strategy and which GPUs it fits, as a Table."""
+def strategy_table(model: str, size: int = 1024, gpus: dict[str, Card] | None = None):
+    """The estimated GPU peak and host memory of each strategy and which cards it fits, as a Table."""
     from helpers.display import Table
 
     rows = [
@@ -331,15 +440,16 @@ def strategy_table(model: str, size: int = 1024, gpus: dict[str, float] | None =
             "weights": f"{row['weights_on_gpu_gb']:.1f}",
             "working": f"{row['activations_gb']:.1f}",
             "peak during": row["peak_stage"],
+            "host (GB)": f"{row['host_gb']:.1f}",
             **{name: "fits" if ok else "-" for name, ok in row["fits"].items()},
         }
         for row in fit_table(model, size, gpus)
     ]
-    return Table(rows, title=f"{get_model(model).title}, {size}x{size}, one image with CFG: estimated peak GPU memory")
+    return Table(rows, title=f"{get_model(model).title}, {size}x{size}, one image with CFG: estimated peak memory")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print, for each strategy, the estimated peak GPU memory and whether it fits common GPUs."""
+    """Print, for each strategy, the estimated peak GPU and host memory and whether it fits common cards."""
     from helpers.models import MODELS
 
     parser = argparse.ArgumentParser(prog="python -m helpers.memory", description=main.__doc__)
@@ -347,20 +457,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="large", choices=full_size)
     parser.add_argument("--size", type=int, default=1024, help="image height and width in pixels (default 1024)")
     parser.add_argument("--gpu-gb", type=float, help="check one card of this many GB instead of the common ones")
+    parser.add_argument("--host-gb", type=float, help="with --gpu-gb: the machine's memory (RAM) in GB")
+    parser.add_argument("--no-fused-attention", action="store_true",
+                        help="with --gpu-gb: a card older than Ampere (T4, V100), without fused bf16 attention")
     parser.add_argument("--json", action="store_true", help="print the same as JSON data")
     args = parser.parse_args(argv)
-    gpus = {f"{args.gpu_gb:g} GB": args.gpu_gb} if args.gpu_gb is not None else dict(GPUS)
     try:
+        if args.gpu_gb is None:
+            if args.host_gb is not None or args.no_fused_attention:
+                raise ValueError("--host-gb and --no-fused-attention describe one card: give its --gpu-gb too.")
+            gpus = dict(GPUS)
+        else:
+            for flag, value in (("--gpu-gb", args.gpu_gb), ("--host-gb", args.host_gb)):
+                if value is not None and not 0 < value < 10_000:
+                    raise ValueError(f"{flag} {value:g}: give the memory in GB, a positive number such as 16.")
+            card = Card(args.gpu_gb, fused_bf16_attention=not args.no_fused_attention, host_gb=args.host_gb)
+            gpus = {f"{args.gpu_gb:g} GB" + (f", {args.host_gb:g} GB host" if args.host_gb else ""): card}
         rows = fit_table(args.model, args.size, gpus)
     except ValueError as error:
         parser.error(str(error))
     if args.json:
-        print(json.dumps({"model": args.model, "size": args.size, "reserve_gb": RESERVE_GB, "gpus": gpus,
+        print(json.dumps({"model": args.model, "size": args.size, "reserve_gb": RESERVE_GB,
+                          "host_reserve_gb": HOST_RESERVE_GB, "gpus": {name: asdict(card) for name, card in gpus.items()},
                           "strategies": rows}, indent=2))
         return 0
     print(strategy_table(args.model, args.size, gpus))
-    print(f"\n'fits': estimated peak + {RESERVE_GB} GB reserve <= the card's memory. Estimates, not measurements:")
-    print("weights are exact, working memory is estimated from tensor shapes (see helpers/memory.py).")
+    print(f"\n'fits': estimated GPU peak + {RESERVE_GB} GB <= the card's memory and, where the host is known, estimated "
+          f"host memory + {HOST_RESERVE_GB} GB <= the host's. Peaks above are for fused attention; a card without it "
+          "is checked with the helpers' bounded attention. Estimates: weights are exact, working and host memory are "
+          "calibrated on an H100 (helpers/memory.py).")
+    fitting = [row["strategy"] for row in rows if all(row["fits"].values())]
+    if len(gpus) == 1:
+        print("Fits: " + (", ".join(fitting) if fitting else "nothing: try a smaller --size or another model."))
     return 0
 
 

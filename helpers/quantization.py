@@ -12,8 +12,8 @@ import warnings
 
 from helpers.architecture import stored_tensors
 
-T5_CHOICES = ("keep", "drop", "nf4", "int8")
-QUANTIZE_CHOICES = (None, "nf4")
+T5_CHOICES = ("auto", "keep", "drop", "nf4", "int8")
+QUANTIZE_CHOICES = ("auto", None, "nf4")
 
 
 def diffusers_nf4_config(compute_dtype):

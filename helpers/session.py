@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from helpers.access import has_token
 from helpers.images import output_dir
-from helpers.loading import default_device, default_dtype, gpu_memory_gb, placement
+from helpers.loading import choose_route, default_device, default_dtype, gpu_memory_gb, this_machine
+from helpers.memory import STRATEGIES
 from helpers.models import AUTO, MODEL_VARIABLE, MODELS, ModelSpec, get_model, model_setting
 
 if TYPE_CHECKING:
@@ -36,6 +37,18 @@ class GpuInfo:
     name: str
     memory_gb: float
     native_bf16: bool
+    free_gb: float | None = None
+    """GPU memory not yet taken when setup() ran (None: all of it)."""
+    host_gb: float | None = None
+    """The machine's RAM (None: not counted)."""
+
+    @property
+    def card(self):
+        """This GPU as helpers.memory describes cards, for placement()."""
+        from helpers.memory import Card
+
+        return Card(self.memory_gb if self.free_gb is None else self.free_gb, fused_bf16_attention=self.native_bf16,
+                    host_gb=self.host_gb)
 
 
 @dataclass(frozen=True)
@@ -97,10 +110,13 @@ def _gpu() -> GpuInfo | None:
 
     if not torch.cuda.is_available():
         return None
+    machine = this_machine("cuda")
     return GpuInfo(
         name=torch.cuda.get_device_name(0),
         memory_gb=gpu_memory_gb("cuda") or 0.0,
-        native_bf16=torch.cuda.is_bf16_supported(including_emulation=False),
+        native_bf16=machine.fused_bf16_attention,
+        free_gb=machine.memory_gb,
+        host_gb=machine.host_gb,
     )
 
 
@@ -134,20 +150,24 @@ def _choose_models(
     if gpu is None:
         return (MODELS["toy"],), [NO_GPU_BANNER]
 
+    card = gpu.card
+    host = "" if card.host_gb is None else f", {card.host_gb:.1f} GB of RAM"
     fitting, notes = [], []
     for spec in about:
-        where = placement(spec, gpu.memory_gb)
-        if where is None:
-            notes.append(f"{spec.title} does not fit on this {gpu.memory_gb:.1f} GB GPU in bf16; skipped here.")
-        else:
-            fitting.append(spec)
-            if where == "model-offload":
-                notes.append(
-                    f"{spec.title} fits on this GPU only with model CPU offload (one part on the GPU at a time): "
-                    "slower, and load_pipeline turns it on for you."
-                )
+        route = choose_route(spec, card)
+        if route is None:
+            notes.append(f"{spec.title} does not fit this machine ({card.memory_gb:.1f} GB of GPU memory free{host}) "
+                         "in any way load_pipeline can load it; skipped here.")
+            continue
+        fitting.append(spec)
+        if route.strategy != "gpu":
+            notes.append(
+                f"{spec.title} fits this machine ({card.memory_gb:.1f} GB of GPU memory free{host}) only as "
+                f"'{route.strategy}': {STRATEGIES[route.strategy].description}. load_pipeline loads it that way "
+                "unless you choose otherwise."
+            )
     if not fitting:
-        fallback = MODELS["medium"] if placement(MODELS["medium"], gpu.memory_gb) else MODELS["toy"]
+        fallback = MODELS["medium"] if choose_route(MODELS["medium"], card) else MODELS["toy"]
         fitting = [fallback]
         notes.append(f"Running {fallback.title} instead. Set {MODEL_VARIABLE} to choose another model.")
     return tuple(fitting), notes
@@ -176,7 +196,9 @@ def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool 
 
     if gpu is not None and not gpu.native_bf16:
         notes.append(
-            f"The {gpu.name} has no native bf16: PyTorch emulates it, so images are right but slower. "
+            f"The {gpu.name} has no native bf16: PyTorch emulates it, so images are right but slower, and its "
+            "fused attention kernels do not run, so load_pipeline attends a chunk of queries at a time to bound "
+            "the memory (helpers.attention). "
             "Do not switch to float16: SD3.5 then gives black images (T5 and the VAE overflow)."
         )
     gated = [spec for spec in models if not spec.is_stand_in]

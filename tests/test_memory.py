@@ -1,13 +1,14 @@
 """NF4 and 8-bit loading on the stand-in, and the memory estimates checked against real bitsandbytes layers."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from helpers.loading import load_pipeline
-from helpers.memory import STRATEGIES, Breakdown, breakdown_module, estimate, fits, main, weights
+from helpers.memory import GPUS, STRATEGIES, Breakdown, Strategy, breakdown_module, estimate, fits, main, weights
 from helpers.quantization import count_4bit_layers, footprint_bytes, transformers_config, unquantized_bytes
 
 
@@ -136,24 +137,87 @@ def test_memory_command_as_json(capsys):
     assert main(["--model", "medium", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [row["strategy"] for row in data["strategies"]] == list(STRATEGIES)
-    assert set(data["strategies"][0]["fits"]) == {"T4", "L4", "A10G", "A100 40GB", "A100/H100 80GB"}
+    assert set(data["strategies"][0]["fits"]) == set(GPUS) == set(data["gpus"])
+    assert data["strategies"][0]["host_gb"] > 0
 
 
 def test_memory_command_for_one_gpu(capsys):
     main(["--model", "large", "--gpu-gb", "16"])
     printed = capsys.readouterr().out
-    assert "16 GB" in printed and "nf4-model-offload" in printed and "Estimates, not measurements" in printed
+    assert "16 GB" in printed and "Estimates: weights are exact" in printed
+    assert printed.rstrip().endswith("Fits: sequential-offload, group-offload, nf4-model-offload, nf4-t5-nf4")
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--model", "huge"], "invalid choice: 'huge'"),
-        (["--gpu-gb", "-4"], "gpu_gb=-4"),
+        (["--gpu-gb", "-4"], "--gpu-gb -4: give the memory in GB"),
         (["--size", "1000"], "size=1000"),
     ],
 )
 def test_memory_command_rejects_bad_input(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
+# What `python -m helpers.gpu_check` measured on an H100 (benchmarks/gpu_check/), and the estimate each case is
+# compared with: (check, case) -> (model, strategy, attention).
+MEASURED = {
+    ("medium", "bf16 on the GPU"): ("medium", "gpu", "fused"),
+    ("medium", "math attention (T4 path)"): ("medium", "gpu", "math"),
+    ("large", "bf16 on the GPU"): ("large", "gpu", "fused"),
+    ("large", "Turbo's settings"): ("large-turbo", "gpu", "fused"),
+    ("large", "math attention (T4 path)"): ("large", "gpu", "math"),
+    ("large", "NF4 transformer on the GPU"): ("large", "nf4", "fused"),
+    ("large", "NF4 transformer, T5 dropped"): ("large", Strategy("", transformer="nf4", t5="drop"), "fused"),
+    ("large-nf4-model-offload", "model offload"): ("large", "nf4-model-offload", "fused"),
+    ("medium-model-offload", "model offload"): ("medium", "model-offload", "fused"),
+    ("medium-group-offload", "group offload"): ("medium", "group-offload", "fused"),
+    ("medium-sequential-offload", "sequential offload"): ("medium", "sequential-offload", "fused"),
+}
+
+
+def measured_cases():
+    folder = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check"
+    for path in sorted(folder.glob("*.json")):
+        for check in json.loads(path.read_text())["checks"]:
+            for case in check["cases"]:
+                if "estimate_strategy" in case:
+                    yield check["check"], case
+
+
+def test_every_measured_case_is_compared():
+    assert {(check, case["case"]) for check, case in measured_cases()} == set(MEASURED)
+
+
+@pytest.mark.parametrize(("check", "case"), list(measured_cases()), ids=lambda value: str(value)[:40])
+def test_estimates_are_within_15_percent_of_the_h100_measurements(check, case):
+    model, strategy, attention = MEASURED[check, case["case"]]
+    result = estimate(model, strategy, case["size"], attention)
+    assert result.peak_gb == pytest.approx(case["gpu_peak_gb"], rel=0.15)
+    assert result.host_gb == pytest.approx(case["host_rss_max_gb"], rel=0.15)
+
+
+def test_bounded_attention_keeps_attention_scores_small():
+    fused, bounded, math = (estimate("large", "gpu", 1024, kind).peak_gb for kind in ("fused", "bounded", "math"))
+    assert fused <= bounded < fused + 2.5 and math > fused + 10
+
+
+def test_memory_command_names_what_fits_a_free_colab_t4(capsys):
+    assert main(["--model", "large", "--gpu-gb", "16", "--host-gb", "12.7", "--no-fused-attention"]) == 0
+    output = capsys.readouterr().out
+    assert output.rstrip().endswith("Fits: nf4-t5-nf4")
+    assert "host (GB)" in output
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--host-gb", "12.7"], "give its --gpu-gb too"),
+    (["--gpu-gb", "nan"], "--gpu-gb nan: give the memory in GB"),
+    (["--gpu-gb", "16", "--host-gb", "-1"], "--host-gb -1: give the memory in GB"),
+])
+def test_memory_command_refuses_bad_cards(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert message in capsys.readouterr().err

@@ -5,6 +5,7 @@ import torch
 
 from helpers.architecture import component_sizes, pipeline_sizes
 from helpers.loading import load_pipeline, placement
+from helpers.memory import Card
 from helpers.models import MODELS, UnknownModelError
 from helpers.session import NO_GPU_BANNER, GpuInfo, _choose_models, setup
 
@@ -62,16 +63,26 @@ def test_auto_on_an_80_gb_gpu_runs_every_model_the_notebook_is_about():
     assert models == ABOUT_ALL and notes == []
 
 
-def test_auto_on_a_16_gb_gpu_skips_large_and_offloads_medium():
+def test_auto_on_a_16_gb_gpu_takes_the_routes_that_fit():
     models, notes = _choose_models(ABOUT_ALL, "auto", gpu(15.8))
-    assert models == (MODELS["medium"],)
-    assert any("SD3.5 Large does not fit" in note for note in notes)
-    assert any("SD3.5 Medium fits on this GPU only with model CPU offload" in note for note in notes)
+    assert models == ABOUT_ALL
+    assert "SD3.5 Large fits this machine (15.8 GB of GPU memory free) only as 'nf4-model-offload'" in notes[0]
+    assert any("SD3.5 Medium fits this machine (15.8 GB of GPU memory free) only as 'model-offload'" in note
+               for note in notes)
+
+
+def test_auto_on_free_colab_loads_4_bit_routes_that_fit_its_ram():
+    colab = GpuInfo(name="Tesla T4", memory_gb=15.8, native_bf16=False, free_gb=15.4, host_gb=12.7)
+    models, notes = _choose_models(ABOUT_ALL, "auto", colab)
+    assert models == ABOUT_ALL
+    assert "SD3.5 Large fits this machine (15.4 GB of GPU memory free, 12.7 GB of RAM) only as 'nf4-t5-nf4'" in notes[0]
+    assert any("SD3.5 Medium fits this machine" in note and "'t5-nf4'" in note for note in notes)
 
 
 def test_auto_falls_back_to_medium_when_nothing_the_notebook_wants_fits():
-    models, notes = _choose_models((MODELS["large"],), "auto", gpu(15.8))
+    models, notes = _choose_models((MODELS["large"],), "auto", gpu(12))
     assert models == (MODELS["medium"],)
+    assert "SD3.5 Large does not fit this machine (12.0 GB of GPU memory free)" in notes[0]
     assert "Running SD3.5 Medium instead" in notes[-1]
 
 
@@ -80,20 +91,32 @@ def test_an_explicit_setting_wins_over_the_notebook():
     assert models == (MODELS["medium"],)
 
 
+# Cards readers have (issue: readers' real machines). Free Colab: T4 16 GB, 12.7 GB of RAM, no fused bf16 attention.
+T4_COLAB = Card(16, fused_bf16_attention=False, host_gb=12.7)
+A10G_16 = Card(24, host_gb=17.2)
+A10G_32 = Card(24, host_gb=34.4)
+
+
 @pytest.mark.parametrize(
-    ("model", "memory_gb", "expected"),
+    ("model", "card", "options", "expected"),
     [
-        ("large", 80, "gpu"),
-        ("large", 40, "gpu"),
-        ("large", 24, "model-offload"),
-        ("large", 15.8, None),
-        ("medium", 24, "gpu"),
-        ("medium", 15.8, "model-offload"),
-        ("tiny", 1, "gpu"),
+        ("large", Card(80), {}, "gpu"),
+        ("large", Card(40), {}, "gpu"),
+        ("large", Card(24), {}, "model-offload"),  # host memory not counted
+        ("large", A10G_32, {}, None),  # model offload would keep 27.6 GB of weights in 34.4 GB of RAM
+        ("large", A10G_32, {"quantize": "nf4"}, "gpu"),
+        ("large", A10G_16, {"quantize": "nf4", "t5": "nf4"}, "gpu"),
+        ("large", T4_COLAB, {"quantize": "nf4"}, None),  # the seed's NF4 + model offload: RAM too small
+        ("large", T4_COLAB, {"quantize": "nf4", "t5": "nf4"}, "gpu"),
+        ("medium", Card(24), {}, "gpu"),
+        ("medium", Card(15.8), {}, "model-offload"),
+        ("medium", T4_COLAB, {}, None),
+        ("medium", T4_COLAB, {"t5": "nf4"}, "gpu"),
+        ("tiny", Card(1), {}, "gpu"),
     ],
 )
-def test_placement_by_gpu_memory(model, memory_gb, expected):
-    assert placement(model, memory_gb) == expected
+def test_placement_counts_gpu_memory_attention_and_host_memory(model, card, options, expected):
+    assert placement(model, card, **options) == expected
 
 
 @pytest.mark.parametrize(
@@ -150,3 +173,30 @@ def test_architecture_command_prints_sizes_and_draws_the_chart(tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "8,056,627,520" in printed and "2,243,171,520" in printed
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("model", "card", "options", "expected"),
+    [
+        ("large", Card(80), {}, ("gpu", None, None, "keep")),
+        ("large", Card(24), {}, ("model-offload", "model", None, "keep")),
+        ("large", A10G_16, {}, ("nf4", None, "nf4", "keep")),
+        ("large", T4_COLAB, {}, ("nf4-t5-nf4", None, "nf4", "nf4")),
+        ("large", T4_COLAB, {"quantize": "nf4"}, ("nf4-t5-nf4", None, "nf4", "nf4")),  # notebook 02 on Colab
+        ("large", T4_COLAB, {"quantize": None}, None),
+        ("medium", T4_COLAB, {}, ("t5-nf4", None, None, "nf4")),
+        ("medium", T4_COLAB, {"t5": "drop"}, ("no-t5", None, None, "drop")),
+    ],
+)
+def test_auto_routes_take_the_first_that_fits_and_keep_what_was_asked(model, card, options, expected):
+    from helpers.loading import choose_route
+
+    route = choose_route(MODELS[model], card, **options)
+    assert (None if route is None else (route.strategy, route.offload, route.quantize, route.t5)) == expected
+
+
+def test_auto_options_without_a_gpu_load_bf16_with_t5():
+    from helpers.loading import check_options
+
+    route = check_options(MODELS["toy"], "cpu", "auto", "auto", "auto")
+    assert (route.offload, route.quantize, route.t5) == (None, None, "keep")

@@ -1,12 +1,14 @@
 """Set up the series on a fresh machine and open it, or run its tests. Needs only Python 3.11+ with pip.
 
-    python3 dev.py lab     set up .venv (first time: a few minutes), then open JupyterLab on notebooks/
+    python3 dev.py lab     set up .venv (first time: a few minutes), then open JupyterLab on the series
     python3 dev.py test    set up .venv, then run the tests: unit tests, lint, every notebook (nbmake), and the
                            sliders in a real JupyterLab (needs /usr/bin/chromium; skipped without it)
     python3 dev.py strip   remove outputs from the notebooks before committing (no setup needed)
 
 Extra arguments go to JupyterLab or pytest (e.g. `python3 dev.py test -k tiny`). Setup runs again only when
-pyproject.toml changes. Without a GPU or a Hugging Face token, the notebooks run the tiny offline stand-in.
+pyproject.toml changes. Without a GPU or a Hugging Face token, the notebooks run the offline toy model.
+In a git checkout, setup also installs nbstripout as a git filter: notebooks keep their outputs on your disk, and
+git commits them without.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / "sd35-installed"
 
 
-def run(*command: str | Path) -> None:
+def run(*command: str | Path, cwd: Path = ROOT) -> None:
     print("+", " ".join(map(str, command)), flush=True)
-    subprocess.run([str(part) for part in command], cwd=ROOT, check=True)
+    subprocess.run([str(part) for part in command], cwd=cwd, check=True)
 
 
 def ensure_environment() -> None:
@@ -40,8 +42,28 @@ def ensure_environment() -> None:
         print(f"Creating {VENV} ...", flush=True)
         venv.create(VENV, with_pip=True)
     run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", TORCH)
-    run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-e", ".[dev]")
+    run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-e", ".[lab,dev]")
+    if (ROOT / ".git").exists():
+        install_output_filter()
     STAMP.write_text(wanted)
+
+
+def install_output_filter(repository: Path = ROOT, python: Path = PYTHON) -> None:
+    """nbstripout's git filter, keeping cell ids (git then sees the committed notebooks as unchanged)."""
+    run(python, "-m", "nbstripout", "--install", cwd=repository)
+    strip = f'"{python}" -m nbstripout --keep-id'
+    run("git", "config", "filter.nbstripout.clean", strip, cwd=repository)
+    run("git", "config", "diff.ipynb.textconv", f"{strip} -t", cwd=repository)
+
+
+def lab_command(extra: list[str]) -> tuple[list[str], dict[str, str]]:
+    """JupyterLab rooted at the repository (so the notebooks' links to the README work), opening notebook 01, with
+    .venv first on the PATH of its terminals (so `python -m helpers.memory` there finds the series' packages)."""
+    as_root = ["--allow-root"] if getattr(os, "geteuid", lambda: -1)() == 0 else []  # containers, cloud VMs
+    env = {**os.environ, "VIRTUAL_ENV": str(VENV), "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
+    command = [str(BIN / "jupyter"), "lab", f"--ServerApp.root_dir={ROOT}", "notebooks/01_loading_sd35.ipynb",
+               *as_root, *extra]
+    return command, env
 
 
 def strip_outputs(notebooks: list[Path]) -> list[Path]:
@@ -76,8 +98,8 @@ def main(argv: list[str]) -> int:
         print(f"Setup failed (exit {error.returncode}); see the pip output above. Fix it and run again.")
         return error.returncode or 1
     if command == "lab":
-        as_root = ["--allow-root"] if getattr(os, "geteuid", lambda: -1)() == 0 else []  # containers, cloud VMs
-        return subprocess.call([str(BIN / "jupyter"), "lab", "notebooks", *as_root, *extra], cwd=ROOT)
+        lab, env = lab_command(extra)
+        return subprocess.call(lab, cwd=ROOT, env=env)
     return subprocess.call([str(PYTHON), "-m", "pytest", *extra], cwd=ROOT)
 
 

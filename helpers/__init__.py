@@ -8,7 +8,18 @@ itself is instant and only the parts a notebook uses pay for torch and diffusers
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
+
+
+def _without_missing_kernels_notice(record: logging.LogRecord) -> bool:
+    # bitsandbytes looks for an optional package (`kernels`) that speeds up 4-bit layers on some CPUs, and logs a
+    # warning on every first import when it is absent. Nothing in the series needs it; other warnings still show.
+    message = record.getMessage()
+    return not ("kernels-community" in message and "No module named 'kernels'" in message)
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_without_missing_kernels_notice)
 
 _EXPORTS = {
     "setup": "session",

@@ -234,10 +234,12 @@ DRAWINGS = {"scene": draw_scene, "subject": draw_subject}
 
 
 def sample(name: str) -> Image.Image:
-    """A sample picture from images/ (drawn by `python -m helpers.inputs`): 'scene' or 'subject'."""
+    """A sample picture: 'scene' or 'subject'. Read from the repository's images/ (drawn there by
+    `python -m helpers.inputs`), or drawn here where the helpers were installed without it (as on Colab)."""
     if name not in SAMPLES:
         raise ValueError(f"name={name!r} is not a sample; use one of: {', '.join(SAMPLES)}.")
-    return load_image(SAMPLE_DIR / SAMPLES[name], name=name)
+    path = SAMPLE_DIR / SAMPLES[name]
+    return load_image(path if path.is_file() else DRAWINGS[name](), name=name)
 
 
 def main() -> int:

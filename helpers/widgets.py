@@ -82,8 +82,11 @@ class Explorer:
     def _describe(value: Any) -> str:
         return f"<{value.width}x{value.height} image>" if isinstance(value, Image.Image) else repr(value)
 
-    def _repr_mimebundle_(self, **kwargs: Any):
-        return self.widget._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self) -> None:
+        # display() of the widget itself works with ipywidgets 7 (Colab's) and 8 alike
+        from IPython.display import display
+
+        display(self.widget)
 
 
 def _prompt_controls(prompt: str, negative_prompt: str, guidance_scale: float, num_inference_steps: int,

@@ -132,6 +132,14 @@ def test_committed_samples_are_what_the_code_draws():
         assert np.array_equal(np.asarray(sample(name)), np.asarray(draw())), f"run python -m helpers.inputs ({name})"
 
 
+def test_samples_are_drawn_where_images_is_missing(monkeypatch, tmp_path):
+    from helpers import inputs
+
+    monkeypatch.setattr(inputs, "SAMPLE_DIR", tmp_path / "not-installed")
+    for name, draw in inputs.DRAWINGS.items():
+        assert np.array_equal(np.asarray(sample(name)), np.asarray(draw()))
+
+
 def explorer_on_the_scene(kind: str, task: str, folder):
     """An explorer of the given kind on the stand-in, for the sample scene at 128 px; and its first picture."""
     from helpers import widgets

@@ -21,7 +21,7 @@ def normalised(requirement: str) -> str:
 
 def test_environment_yml_and_pyproject_name_the_same_packages():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    declared = project["dependencies"]  # a kernel for readers: JupyterLab and the test tools are not in it
     pip_lines = re.findall(r"^ {6}- ([^#\n]+?)\s*(?:#.*)?$", (ROOT / "environment.yml").read_text(), re.MULTILINE)
     conda = [line for line in pip_lines if line != "-e ."]  # `-e .` installs the helpers package itself
     assert len(conda) == len(pip_lines) - 1
@@ -40,9 +40,39 @@ def test_ci_installs_the_pinned_cpu_torch():
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
 def test_notebook_is_committed_without_outputs(notebook):
-    for cell in json.loads(notebook.read_text())["cells"]:
+    """What git would commit: the staged notebook (after dev.py's output filter), or the file outside git."""
+    import subprocess
+
+    staged = subprocess.run(["git", "show", f":{notebook.relative_to(ROOT).as_posix()}"], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    text = staged.stdout if staged.returncode == 0 else notebook.read_text()
+    for cell in json.loads(text)["cells"]:
         if cell["cell_type"] == "code":
             assert cell["outputs"] == [] and cell["execution_count"] is None, cell["source"][:80]
+
+
+def test_git_commits_notebooks_without_outputs_and_keeps_them_on_disk(tmp_path):
+    """dev.py's nbstripout filter, in a scratch repository: a notebook run and saved in Lab, then committed."""
+    import subprocess
+    import sys
+
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *arguments], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    load_dev().install_output_filter(tmp_path, Path(sys.executable))
+    source = NOTEBOOKS[0].read_text()
+    notebook = json.loads(source)
+    cell = next(cell for cell in notebook["cells"] if cell["cell_type"] == "code")
+    cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["a reader's output\n"]}]
+    cell["execution_count"] = 1
+    (tmp_path / "n.ipynb").write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+    git("add", "n.ipynb")
+    git("commit", "-q", "-m", "run")
+    assert git("show", "HEAD:n.ipynb") == source  # committed exactly as the clean notebook, cell ids kept
+    assert "a reader's output" in (tmp_path / "n.ipynb").read_text()  # the working copy keeps its outputs
+    assert git("status", "--porcelain") == ""  # and git does not see it as changed
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
@@ -98,12 +128,32 @@ def test_code_is_lint_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_strip_removes_outputs(tmp_path):
+def load_dev():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("dev", ROOT / "dev.py")
     dev = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dev)
+    return dev
+
+
+def test_lab_opens_the_series_at_the_repository_root_with_the_venv_on_its_path():
+    dev = load_dev()
+    command, env = dev.lab_command(["--no-browser"])
+    assert command[1:4] == ["lab", f"--ServerApp.root_dir={ROOT}", "notebooks/01_loading_sd35.ipynb"]
+    assert env["PATH"].split(":")[0] == str(ROOT / ".venv" / "bin") and env["VIRTUAL_ENV"] == str(ROOT / ".venv")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
+def test_links_in_notebooks_resolve_inside_the_folder_lab_serves(notebook):
+    text = "".join("".join(cell["source"]) for cell in json.loads(notebook.read_text())["cells"])
+    for link in re.findall(r"\]\((?!https?://)([^)#\s]+)", text):
+        target = (notebook.parent / link).resolve()
+        assert target.exists() and target.is_relative_to(ROOT), (notebook.name, link)
+
+
+def test_strip_removes_outputs(tmp_path):
+    dev = load_dev()
     notebook = tmp_path / "n.ipynb"
     notebook.write_text(json.dumps({"cells": [
         {"cell_type": "code", "source": "1", "metadata": {"execution": {"x": 1}}, "execution_count": 3,

@@ -58,6 +58,7 @@ _EXPORTS = {
     "flops_per_step": "bench",
     "plot_results": "bench",
     "fuse_qkv_projections": "bench",
+    "unfuse_qkv_projections": "bench",
     "H100_DENSE_BF16_TFLOPS": "bench",
     "run_sweep": "experiments",
     "generate": "experiments",

@@ -233,7 +233,7 @@ def fuse_qkv_projections(transformer) -> None:
     diffusers 0.42's `transformer.fuse_qkv_projections()` uses a processor that skips SD3.5's normalisation of
     queries and keys, which changes the images, and gives MMDiT-X's extra self-attention (SD3.5 Medium) a
     processor that fails. This keeps the normalisation and leaves the extra self-attention as it is.
-    `transformer.unfuse_qkv_projections()` undoes it.
+    `unfuse_qkv_projections(transformer)` undoes it.
     """
     from helpers.attention import JointAttention
 
@@ -241,6 +241,18 @@ def fuse_qkv_projections(transformer) -> None:
     for block in transformer.transformer_blocks:
         block.attn.fuse_projections(fuse=True)
         block.attn.set_processor(JointAttention(fused=True))
+
+
+def unfuse_qkv_projections(transformer) -> None:
+    """Undo `fuse_qkv_projections`: the original attention processors back, and the fused weights freed.
+    (diffusers 0.42's `transformer.unfuse_qkv_projections()` restores the processors but keeps the fused layers,
+    2.7 GB for Large.)"""
+    transformer.set_attn_processor(transformer.original_attn_processors)
+    for block in transformer.transformer_blocks:
+        for name in ("to_qkv", "to_added_qkv"):
+            if hasattr(block.attn, name):
+                delattr(block.attn, name)
+        block.attn.fused_projections = False
 
 
 def _call_settings(steps: int, size: int, guidance_scale: float) -> dict[str, Any]:

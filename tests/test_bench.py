@@ -75,7 +75,7 @@ def test_fused_qkv_gives_the_same_image_on_dual_attention_blocks():
     import numpy as np
     import torch
 
-    from helpers.bench import fuse_qkv_projections
+    from helpers.bench import fuse_qkv_projections, unfuse_qkv_projections
 
     pipe = load_pipeline("tiny")
     assert pipe.transformer.config.dual_attention_layers  # MMDiT-X blocks, as in SD3.5 Medium
@@ -92,7 +92,9 @@ def test_fused_qkv_gives_the_same_image_on_dual_attention_blocks():
         assert hasattr(pipe.transformer.transformer_blocks[0].attn, "to_qkv")
         np.testing.assert_allclose(image(), plain, atol=1e-4)
     finally:
-        pipe.transformer.unfuse_qkv_projections()
+        unfuse_qkv_projections(pipe.transformer)
+    assert not any(hasattr(block.attn, name) for block in pipe.transformer.transformer_blocks
+                   for name in ("to_qkv", "to_added_qkv"))  # the fused weights are gone, not just unused
     np.testing.assert_allclose(image(), plain, atol=1e-6)
 
 

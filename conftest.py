@@ -7,16 +7,24 @@ Set here, in the environment, so notebook kernels started by nbmake inherit the 
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from queue import Empty
 
 POLL_SLICE_S = 1.0
+ROOT = Path(__file__).resolve().parent
+INSTALLED_KERNEL = "sd35-installed"
 
 
 def pytest_configure(config) -> None:
     scratch = tempfile.mkdtemp(prefix="sd35-tests-")
+    if getattr(config.option, "nbmake", False) and not getattr(config.option, "nbmake_kernel", None):
+        config.option.nbmake_kernel = _installed_helpers_kernel(Path(scratch))
     os.environ["SD35_MODEL"] = "toy"
     os.environ["SD35_CACHE_DIR"] = os.path.join(scratch, "cache")
     os.environ["SD35_OUTPUT_DIR"] = os.path.join(scratch, "outputs")
@@ -52,3 +60,28 @@ def _poll_kernel_messages_in_short_waits() -> None:
 
     get_msg._polls_in_slices = True
     AsyncZMQSocketChannel.get_msg = get_msg
+
+
+def install_wheel(scratch: Path) -> Path:
+    """The helpers as `pip install git+...` leaves them: a built wheel, installed into scratch/installed."""
+    wheels, site = scratch / "wheel", scratch / "installed"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)], check=True, capture_output=True)
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), *map(str, wheels.glob("*.whl"))],
+                   check=True, capture_output=True)
+    return site
+
+
+def _installed_helpers_kernel(scratch: Path) -> str:
+    """A Jupyter kernel that imports the helpers as Colab gets them: built into a wheel and installed, not editable,
+    with no repository beside them. Notebooks run in it, so anything the package fails to ship fails the tests."""
+    site, kernels = install_wheel(scratch), scratch / "jupyter" / "kernels"
+    (kernels / INSTALLED_KERNEL).mkdir(parents=True)
+    (kernels / INSTALLED_KERNEL / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python (helpers installed from their wheel)",
+        "language": "python",
+        "env": {"PYTHONPATH": str(site)},
+    }))
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(scratch / "jupyter"), os.environ.get("JUPYTER_PATH")]))
+    return INSTALLED_KERNEL

@@ -1,52 +1,50 @@
-"""Colab's route: the package installed from its wheel (not editable, no repository beside it), notebooks run from
-an empty folder. Colab keeps its own torch and widgets; here the test environment's packages stand in for them."""
+"""Colab's route: the package installed from its wheel (not editable, no repository beside it). Every notebook runs
+that way under nbmake (conftest.py gives it a kernel with the installed copy); these tests check the copy itself."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parent.parent
-# The notebooks that read files shipped with the package: the sample pictures and the toy model.
-NOTEBOOKS = ["06_image_to_image.ipynb", "07_inpainting.ipynb"]
+from conftest import install_wheel
+from helpers.inputs import DRAWINGS
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """The helpers as `pip install git+...` leaves them: a built wheel, installed into its own folder."""
-    wheels, site = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("site")
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)], check=True, capture_output=True)
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), *map(str, wheels.glob("*.whl"))],
-                   check=True, capture_output=True)
-    return site
+    return install_wheel(tmp_path_factory.mktemp("colab"))
 
 
-@pytest.fixture
-def colab(installed, tmp_path, monkeypatch) -> Path:
-    """An empty working folder whose Python finds the installed helpers first (kernels started here inherit it)."""
-    monkeypatch.setenv("PYTHONPATH", str(installed))
-    monkeypatch.delenv("SD35_OUTPUT_DIR", raising=False)  # as on Colab: outputs/ in the working folder
-    monkeypatch.delenv("SD35_MODEL", raising=False)  # 'auto': no GPU here, so the toy model
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+def run_installed(code: str, site: Path, folder: Path) -> subprocess.CompletedProcess:
+    """`python -c code` from an empty folder, finding the installed helpers first, with no output folder set."""
+    env = {key: value for key, value in os.environ.items() if key != "SD35_OUTPUT_DIR"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=folder,
+                          env={**env, "PYTHONPATH": str(site)})
 
 
-def test_the_installed_helpers_import_quietly_from_the_wheel(colab, installed):
-    done = subprocess.run([sys.executable, "-c", "import helpers, bitsandbytes; print(helpers.__file__)"],
-                          capture_output=True, text=True, check=True, cwd=colab, env=os.environ)
+def test_the_installed_helpers_import_quietly_from_the_wheel(installed, tmp_path):
+    done = run_installed("import helpers, bitsandbytes; print(helpers.__file__)", installed, tmp_path)
     assert Path(done.stdout.strip()).parent == installed / "helpers"
     assert done.stderr == ""  # no notices on import
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_a_notebook_runs_from_an_empty_folder(colab, installed, name):
-    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-    notebook.cells.append(nbformat.v4.new_code_cell("import helpers\nprint(helpers.__file__)"))
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(colab)}}).execute()
-    assert Path(notebook.cells[-1].outputs[0]["text"].strip()).parent == installed / "helpers"
-    assert any((colab / "outputs").rglob("*.png")), "the notebook saved no picture in the working folder"
+def test_the_installed_helpers_have_what_the_notebooks_read(installed, tmp_path):
+    code = ("from helpers import sample; from helpers.images import output_dir; from helpers.loading import "
+            "toy_model_dir; print(output_dir()); print(toy_model_dir()); print(sample('scene').size)")
+    outputs, toy, size = run_installed(code, installed, tmp_path).stdout.splitlines()
+    assert Path(outputs) == tmp_path / "outputs"  # pictures go to the working folder, as on Colab
+    assert Path(toy).is_relative_to(installed)
+    assert size == str(DRAWINGS["scene"]().size)
+
+
+def test_notebooks_run_in_a_kernel_with_the_installed_helpers(request):
+    if not getattr(request.config.option, "nbmake", False):
+        pytest.skip("this session runs no notebooks")
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(request.config.option.nbmake_kernel)
+    site = Path(spec.env["PYTHONPATH"])
+    assert (site / "helpers" / "toy_model" / "model_index.json").is_file()
+    assert not (site / "images").exists()  # as on Colab: the repository's folders are not there

@@ -39,3 +39,16 @@ def test_every_check_has_a_runner():
     from helpers.gpu_check import RUNNERS
 
     assert [check.name for check in CHECKS] == list(RUNNERS)
+
+
+def test_every_bench_option_combination_runs_or_is_refused_up_front(tmp_path):
+    from helpers.gpu_check import Recorder, check_bench_options
+
+    records = tmp_path / "records.jsonl"
+    check_bench_options(Recorder(records))
+    cases = [json.loads(line) for line in records.read_text().splitlines()]
+    assert len(cases) == 32
+    assert [case for case in cases if case["status"] == "failed"] == []
+    refused = [case for case in cases if case["status"] == "refused"]
+    assert all(case["error"].startswith("python -m helpers.bench: error: ") for case in refused)
+    assert any("--fuse-qkv cannot be combined with --quantize nf4" in case["error"] for case in refused)

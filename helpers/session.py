@@ -120,6 +120,11 @@ def _gpu() -> GpuInfo | None:
     )
 
 
+def _nvidia_gpu_present() -> bool:
+    """Whether the NVIDIA driver reports a GPU, whatever PyTorch sees."""
+    return Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
+
+
 def _versions() -> dict[str, str]:
     found = {}
     for package in REPORTED_PACKAGES:
@@ -190,6 +195,13 @@ def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool 
 
     gpu = _gpu()
     models, notes = _choose_models(about_specs, setting, gpu)
+    if gpu is None and _nvidia_gpu_present():
+        notes.insert(0,
+            f"An NVIDIA GPU is here, but PyTorch cannot use it (torch {torch.__version__}, built for CUDA "
+            f"{torch.version.cuda or 'none: a CPU-only build'}), so the notebook runs on the CPU. Usually the NVIDIA "
+            "driver is older than this torch build needs: install the torch build for your driver's CUDA version "
+            "(pytorch.org lists them; `nvidia-smi` shows the driver's), then restart the kernel."
+        )
     device = default_device()
     dtype = default_dtype(device)
     token_present = has_token()

@@ -200,3 +200,33 @@ def test_auto_options_without_a_gpu_load_bf16_with_t5():
 
     route = check_options(MODELS["toy"], "cpu", "auto", "auto", "auto")
     assert (route.offload, route.quantize, route.t5) == (None, None, "keep")
+
+
+def test_setup_says_when_pytorch_cannot_use_the_machines_gpu(monkeypatch, capsys):
+    from helpers import session
+
+    monkeypatch.setattr(session, "_nvidia_gpu_present", lambda: True)  # a driver that this torch build cannot use
+    run = setup(about="large")
+    report = capsys.readouterr().out
+    assert run.device == "cpu" and run.model is MODELS["toy"]
+    assert "An NVIDIA GPU is here, but PyTorch cannot use it" in report and torch.__version__ in report
+
+
+def test_deleting_a_pipeline_that_has_run_frees_it():
+    """Notebooks switch models with `del pipe`: nothing else may keep the pipeline or its parts alive (on an H100,
+    benchmarks/gpu_check/ measured a Medium pipeline's 17.5 GB freed by `del pipe` alone)."""
+    import gc
+    import weakref
+
+    # float64: a way of loading no other test uses, so no other pipeline shares these parts
+    pipe = load_pipeline("tiny", "image-to-image", dtype=torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+    pipe(prompt="a", image=torch.zeros(1, 3, 64, 64, dtype=torch.float64), strength=0.5, num_inference_steps=2,
+         height=64, width=64)
+    parts = [weakref.ref(pipe), weakref.ref(pipe.transformer), weakref.ref(pipe.vae)]
+    gc.disable()  # no help from the collector: reference counting alone must free it
+    try:
+        del pipe
+        assert [part() for part in parts] == [None, None, None]
+    finally:
+        gc.enable()

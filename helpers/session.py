@@ -85,6 +85,21 @@ class Session:
         """
         return toy if self.model.is_stand_in else sd35
 
+    def fitting(self, variants: Sequence[tuple[ModelSpec, str | None]]) -> list[tuple[ModelSpec, str | None]]:
+        """The (model, quantize) pairs that `load_pipeline(model, quantize=quantize)` can load on this machine;
+        says which it leaves out. Without a GPU every pair loads (on the CPU)."""
+        from helpers.loading import check_options
+
+        kept = []
+        for spec, quantize in variants:
+            try:
+                check_options(spec, self.device, "auto", quantize, "auto")
+            except MemoryError:
+                print(f"{spec.title} with quantize={quantize!r} does not fit this machine: skipped here.")
+            else:
+                kept.append((spec, quantize))
+        return kept
+
     def gpu_offload(self, offload: str) -> str | None:
         """`offload` where there is a GPU to offload to; None on a CPU, where everything is in CPU memory already."""
         return offload if self.gpu is not None else None

@@ -230,3 +230,20 @@ def test_deleting_a_pipeline_that_has_run_frees_it():
         assert [part() for part in parts] == [None, None, None]
     finally:
         gc.enable()
+
+
+def test_fitting_keeps_every_variant_without_a_gpu(capsys):
+    run = setup(about="large", verbose=False)
+    variants = [(MODELS["toy"], None), (MODELS["toy"], "nf4")]
+    assert run.fitting(variants) == variants and capsys.readouterr().out == ""
+
+
+def test_fitting_leaves_out_what_does_not_fit_and_says_so(monkeypatch, capsys):
+    from helpers import loading
+
+    colab = Card(15.4, fused_bf16_attention=False, host_gb=12.7)
+    monkeypatch.setattr(loading, "this_machine", lambda device="cuda": colab)
+    run = setup(about="large", verbose=False)
+    kept = run.fitting([(MODELS["large"], None), (MODELS["large"], "nf4")])
+    assert kept == [(MODELS["large"], "nf4")]
+    assert "SD3.5 Large with quantize=None does not fit this machine: skipped here." in capsys.readouterr().out

@@ -6,10 +6,15 @@ Introduced in notebook 01. The token comes from HF_TOKEN, a cached login (`hf au
 
 from __future__ import annotations
 
+import threading
+import unicodedata
+
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
 TOKEN_PAGE = "https://huggingface.co/settings/tokens"
+HUB_TIMEOUT_S = 15.0
+"""How long the access check waits for the hub's answer before saying it stalled."""
 
 
 class ModelAccessError(RuntimeError):
@@ -56,24 +61,78 @@ def _is_network_error(error: BaseException) -> bool:
     return isinstance(error, (ConnectionError, TimeoutError)) or package in {"httpx", "httpx2", "requests", "urllib3"}
 
 
+def _character_name(character: str) -> str:
+    names = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab", " ": "a space",
+             "\u00a0": "a non-breaking space", "\u200b": "a zero-width space", "\ufeff": "a byte-order mark",
+             "\f": "a form feed"}
+    return names.get(character) or f"the character {unicodedata.name(character, 'without a name').lower()}"
+
+
+def check_token_shape(token: str) -> str:
+    """`token` if it can be a Hugging Face token (printable ASCII, no spaces), else InvalidTokenError saying what
+    is wrong and where, without its value: copy-paste artefacts (line breaks, zero-width or non-breaking spaces)
+    otherwise reach the hub as a malformed header."""
+    for position, character in enumerate(token, start=1):
+        if not (character.isascii() and character.isprintable()) or character.isspace():
+            raise InvalidTokenError(
+                f"Your Hugging Face token contains {_character_name(character)} (U+{ord(character):04X}) at "
+                f"character {position} of {len(token)}: a copy-paste artefact, not part of any token. Copy the "
+                f"token again from {TOKEN_PAGE} and set it again (HF_TOKEN, `hf auth login` or notebook_login())."
+            )
+    if len(token) < 8:
+        raise InvalidTokenError(
+            f"Your Hugging Face token is {len(token)} characters long, too short to be one. Copy it again from "
+            f"{TOKEN_PAGE} and set it again (HF_TOKEN, `hf auth login` or notebook_login())."
+        )
+    return token
+
+
 def require_token(hub_id: str) -> str:
-    """The token to use for a gated model, or MissingTokenError with the steps to get one."""
+    """The token to use for a gated model, checked for shape, or MissingTokenError with the steps to get one."""
     token = get_token()
     if token is None:
         raise MissingTokenError(
             f"No Hugging Face token found, and {hub_id} is a gated model: its weights need a token from an "
             f"account that accepted its licence.\n{_login_steps(hub_id)}"
         )
-    return token
+    return check_token_shape(token)
 
 
-def check_access(hub_id: str, token: str, *, endpoint: str | None = None) -> None:
+def _answer_within(call, timeout_s: float, hub_id: str) -> None:
+    """Run `call()` in a helper thread; re-raise what it raised, or HubUnreachableError if it takes too long (a
+    proxy or firewall that accepts the connection and never answers would otherwise hang the cell for ever)."""
+    outcome: list[BaseException | None] = []
+
+    def target():
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - handed back to the caller's thread below
+            outcome.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        raise HubUnreachableError(
+            f"The Hugging Face hub did not answer within {timeout_s:g} s while checking access to {hub_id}: the "
+            "connection was accepted but no answer came, which points at a proxy or firewall rather than a missing "
+            "network. Check the machine's proxy settings (HTTPS_PROXY) or try again later; to work without the "
+            "hub, set SD35_MODEL=toy to run the offline toy model."
+        )
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def check_access(hub_id: str, token: str, *, endpoint: str | None = None, timeout_s: float = HUB_TIMEOUT_S) -> None:
     """Ask the hub whether `token` may download `hub_id`; raise a ModelAccessError that says what to do if not.
 
-    Nothing is downloaded. `endpoint` is the hub's address (default: huggingface.co or HF_ENDPOINT).
+    Nothing is downloaded. `endpoint` is the hub's address (default: huggingface.co or HF_ENDPOINT). A hub that
+    does not answer within `timeout_s` seconds is reported as stalled. No message contains the token.
     """
+    check_token_shape(token)
     try:
-        HfApi(endpoint=endpoint).auth_check(hub_id, token=token)
+        _answer_within(lambda: HfApi(endpoint=endpoint).auth_check(hub_id, token=token), timeout_s, hub_id)
     except GatedRepoError as error:
         hub_says = error.server_message or ""
         raise LicenceNotAcceptedError(
@@ -104,11 +163,14 @@ def check_access(hub_id: str, token: str, *, endpoint: str | None = None) -> Non
             f"HF_HUB_OFFLINE is set, so the hub cannot be asked for {hub_id}. Unset HF_HUB_OFFLINE to download the "
             "weights, or set SD35_MODEL=toy to run the offline toy model."
         ) from None
+    except HubUnreachableError:
+        raise
     except Exception as error:
         if not _is_network_error(error):
             raise
+        # The transport's own message can quote the request's headers, token included: only its type is named.
         raise HubUnreachableError(
-            f"Could not reach the Hugging Face hub to download {hub_id} ({type(error).__name__}: {error}). "
+            f"Could not reach the Hugging Face hub to download {hub_id} ({type(error).__name__}). "
             "Check the machine's internet connection (in SageMaker: the VPC's internet access). "
             "To work without a network, set SD35_MODEL=toy to run the offline toy model."
         ) from None

@@ -21,9 +21,17 @@ from typing import Any
 
 from PIL import Image
 
+from helpers.checks import (
+    check_guidance_scale,
+    check_max_sequence_length,
+    check_prompt,
+    check_seed,
+    check_side,
+    check_steps,
+    check_strength,
+    check_strength_for_steps,
+)
 from helpers.images import STAGING_PREFIX, image_grid, output_dir, read_metadata, write_png
-from helpers.inputs import check_strength
-from helpers.models import check_side
 
 PARAMETERS = {
     "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "height", "width", "seed",
@@ -67,18 +75,19 @@ def check_settings(settings: dict[str, Any]) -> None:
     missing = [name for name in REQUIRED if name not in settings]
     if missing:
         raise ValueError(f"setting {missing[0]!r} is missing; give it a value, e.g. in `fixed`.")
-    guidance, steps, seed = settings["guidance_scale"], settings["num_inference_steps"], settings["seed"]
-    if not isinstance(guidance, (int, float)) or guidance < 0:
-        raise ValueError(f"guidance_scale={guidance!r} must be 0 or more (1 or less turns guidance off).")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"num_inference_steps={steps!r} must be a whole number of at least 1.")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be a whole number of 0 or more.")
+    check_guidance_scale(settings["guidance_scale"])
+    steps = check_steps(settings["num_inference_steps"])
+    check_seed(settings["seed"])
+    check_prompt(settings["prompt"])
+    if settings.get("negative_prompt") is not None:  # None means no negative prompt, as in diffusers
+        check_prompt(settings["negative_prompt"], "negative_prompt")
     for side in ("height", "width"):
         if settings.get(side) is not None:
             check_side(side, settings[side])
     if settings.get("strength") is not None:
-        check_strength(settings["strength"])
+        check_strength_for_steps(check_strength(settings["strength"]), steps)
+    if settings.get("max_sequence_length") is not None:
+        check_max_sequence_length(settings["max_sequence_length"])
 
 
 def image_key(pipe, model: str, settings: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, UnidentifiedImageError
 
+from helpers.checks import check_strength  # noqa: F401 - part of this module's interface
 from helpers.models import SIZE_MULTIPLE, check_side
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "images"
@@ -145,13 +146,6 @@ def blend(original: Image.Image, painted: Image.Image, mask: Image.Image, *, sof
     if soften:
         weight = weight.filter(ImageFilter.GaussianBlur(soften))
     return Image.composite(painted.convert("RGB"), original.convert("RGB"), weight)
-
-
-def check_strength(strength: float) -> float:
-    """`strength` if it is between 0 and 1, else a clear error."""
-    if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
-        raise ValueError(f"strength={strength!r} must be between 0 (keep the input) and 1 (ignore it entirely).")
-    return float(strength)
 
 
 # Masks without a drawing app -------------------------------------------------------------------------------

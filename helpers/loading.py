@@ -53,6 +53,24 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
+def check_device(device: object) -> str:
+    """'cpu', 'cuda' or 'cuda:N' for a GPU PyTorch can use here; else ValueError saying what is available."""
+    import torch
+
+    text = str(device) if isinstance(device, (str, torch.device)) else None
+    kind, _, index = (text or "").partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ValueError(f"device={device!r} is not a device of this series: use 'cuda' (or 'cuda:1', ...) for a "
+                         "GPU, 'cpu', or leave it out to pick the GPU where there is one.")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but PyTorch sees no CUDA GPU on this machine (torch "
+                         f"{torch.__version__}). Leave device out to run on the CPU; setup() says why a GPU is not "
+                         "seen where there is one.")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0.")
+    return text
+
+
 def gpu_memory_gb(device: str = "cuda") -> float | None:
     """Total memory of the GPU in GB (10^9 bytes), or None without one."""
     import torch
@@ -218,7 +236,7 @@ def load_pipeline(
     """
     spec = get_model(model)
     pipeline_class = _pipeline_class(task)
-    device = device or default_device()
+    device = check_device(device or default_device())
     dtype = dtype or default_dtype(device)
     route = check_options(spec, device, offload, quantize, t5)
     use_offload, quantize, t5 = route.offload, route.quantize, route.t5

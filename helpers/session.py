@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from helpers.access import has_token
+from helpers.checks import check_seed
 from helpers.images import output_dir
 from helpers.loading import choose_route, default_device, default_dtype, gpu_memory_gb, this_machine
 from helpers.memory import STRATEGIES
@@ -203,6 +204,7 @@ def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool 
     import numpy
     import torch
 
+    check_seed(seed, maximum=2**32 - 1)  # NumPy's global generator takes no more
     setting = model_setting()
     about_specs = tuple(get_model(name) for name in ([about] if isinstance(about, str) else about))
     if not about_specs:

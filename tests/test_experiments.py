@@ -76,7 +76,7 @@ def test_everything_that_changes_an_image_changes_its_key(pipe):
     [
         (FIXED, {}, "vary is empty"),
         (FIXED, {"seed": []}, "must be a non-empty list"),
-        ({**FIXED, "guidance_scale": -1.0}, {"seed": [0]}, "guidance_scale=-1.0 must be 0 or more"),
+        ({**FIXED, "guidance_scale": -1.0}, {"seed": [0]}, "guidance_scale=-1.0 must be a finite number of 0 or more"),
         ({**FIXED, "num_inference_steps": 0}, {"seed": [0]}, "num_inference_steps=0"),
         (FIXED, {"cfg": [1.0]}, "unknown setting 'cfg'"),
         (FIXED, {"seed": [0], "prompt": ["x"]}, "'prompt' is both fixed and varied"),

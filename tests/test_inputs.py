@@ -104,7 +104,7 @@ def test_bad_masks_are_refused_with_the_fix(mask, arguments, message):
 
 @pytest.mark.parametrize("strength", [-0.1, 1.5, "high"])
 def test_strength_outside_0_to_1_is_refused(strength):
-    with pytest.raises(ValueError, match=f"strength={strength!r} must be between 0"):
+    with pytest.raises(ValueError, match=f"strength={strength!r} must be more than 0 and at most 1"):
         check_strength(strength)
 
 

@@ -1,0 +1,171 @@
+"""Bad input, as a careless user or damaged data gives it: each attack ends in an error raised by `helpers`, before
+any work, whose message names the value and says what to do, and never shows a token.
+
+Each group says what the user was doing. The table grows with each entry point checked (issue "Bad input").
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.access import HUB_TIMEOUT_S, HubUnreachableError, InvalidTokenError, check_access, require_token
+from helpers.experiments import check_settings
+from helpers.loading import load_pipeline
+from helpers.session import setup
+
+SECRET = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+
+
+@dataclass(frozen=True)
+class Attack:
+    what: str
+    call: Callable[[], Any]
+    error: type[BaseException]
+    says: tuple[str, ...]
+    """Every one of these must be in the message."""
+
+
+ATTACKS: list[Attack] = []
+
+
+def attack(what: str, call: Callable[[], Any], error: type[BaseException], *says: str) -> None:
+    ATTACKS.append(Attack(what, call, error, says))
+
+
+# --- Pasting a token: copy-paste artefacts in HF_TOKEN reach the hub as a malformed header -------------------------
+# (huggingface_hub itself removes line breaks and surrounding spaces from HF_TOKEN; everything else is ours to catch.)
+
+def token_from_environment(value: str) -> Callable[[], Any]:
+    def call():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HF_TOKEN", value)
+            return require_token("stabilityai/stable-diffusion-3.5-large")
+    return call
+
+
+for name, character, said in [
+    ("zero-width space", "\u200b", "zero-width space (U+200B)"),
+    ("non-breaking space", "\u00a0", "non-breaking space (U+00A0)"),
+    ("tab", "\t", "a tab (U+0009)"),
+    ("space", " ", "a space (U+0020)"),
+    ("form feed", "\f", "a form feed (U+000C)"),
+    ("byte-order mark", "\ufeff", "byte-order mark (U+FEFF)"),
+    ("Cyrillic a that looks like a Latin a", "\u0430", "cyrillic small letter a (U+0430)"),
+    ("en dash for a hyphen", "\u2013", "en dash (U+2013)"),
+    ("escape character", "\x1b", "U+001B"),
+]:
+    attack(f"HF_TOKEN with a {name} inside", token_from_environment(SECRET[:10] + character + SECRET[10:]),
+           InvalidTokenError, said, "Copy the token again")
+    if not character.isspace():  # leading and trailing spaces huggingface_hub strips: the token then works
+        attack(f"HF_TOKEN starting with a {name}", token_from_environment(character + SECRET), InvalidTokenError,
+               said, "character 1 of")
+for short in ("hf_", "x", "abc1234"):
+    attack(f"HF_TOKEN of {len(short)} characters", token_from_environment(short), InvalidTokenError,
+           f"{len(short)} characters long")
+
+# --- Passing a token to check_access directly (a script, or a token read from a file with its line ending) --------
+
+for name, value in [("a trailing line break", SECRET + "\n"), ("a carriage return inside", SECRET[:5] + "\r" + SECRET[5:]),
+                    ("an empty string", ""), ("a line break inside", SECRET[:8] + "\n" + SECRET[8:]),
+                    ("a NUL inside", SECRET[:8] + "\x00" + SECRET[8:]), ("a space before it", " " + SECRET)]:
+    attack(f"check_access with {name}",
+           lambda value=value: check_access("stabilityai/stable-diffusion-3.5-large", value,
+                                            endpoint="http://127.0.0.1:9"),
+           InvalidTokenError, "Copy it again" if value == "" else "Copy the token again")
+
+# --- Settings of a sweep or an explorer: what a reader types into a cell ------------------------------------------
+
+SETTINGS = {"prompt": "a red circle", "num_inference_steps": 20, "guidance_scale": 3.0, "seed": 0}
+for name, value, said in [
+    ("guidance_scale", math.inf, "guidance_scale=inf"), ("guidance_scale", -math.inf, "guidance_scale=-inf"),
+    ("guidance_scale", math.nan, "guidance_scale=nan"), ("guidance_scale", -1.0, "guidance_scale=-1.0"),
+    ("guidance_scale", "7", "guidance_scale='7'"), ("guidance_scale", True, "guidance_scale=True"),
+    ("guidance_scale", None, "guidance_scale=None"), ("guidance_scale", [4.5], "guidance_scale=[4.5]"),
+    ("num_inference_steps", 0, "num_inference_steps=0"), ("num_inference_steps", -3, "num_inference_steps=-3"),
+    ("num_inference_steps", 2.5, "num_inference_steps=2.5"), ("num_inference_steps", 20.0, "num_inference_steps=20.0"),
+    ("num_inference_steps", True, "num_inference_steps=True"), ("num_inference_steps", "20", "'20'"),
+    ("num_inference_steps", None, "num_inference_steps=None"),
+    ("seed", -1, "seed=-1"), ("seed", 1.5, "seed=1.5"), ("seed", "0", "seed='0'"), ("seed", 2**64, str(2**64)),
+    ("seed", None, "seed=None"), ("seed", False, "seed=False"),
+    ("prompt", None, "prompt=None"), ("prompt", 42, "prompt=42"), ("prompt", ["a", "b"], "prompt=['a', 'b']"),
+    ("prompt", b"a red circle", "prompt=b'a red circle'"),
+    ("negative_prompt", 0, "negative_prompt=0"), ("negative_prompt", ["x"], "negative_prompt=['x']"),
+    ("height", 100, "height=100"), ("height", 0, "height=0"), ("height", -64, "height=-64"),
+    ("width", 64.0, "width=64.0"), ("width", "64", "width='64'"), ("width", True, "width=True"),
+    ("strength", 0, "strength=0"), ("strength", 0.0, "strength=0.0"), ("strength", -0.1, "strength=-0.1"),
+    ("strength", 1.5, "strength=1.5"), ("strength", math.nan, "strength=nan"), ("strength", math.inf, "strength=inf"),
+    ("strength", "0.6", "strength='0.6'"), ("strength", 1e-300, "runs no denoising step"),
+    ("max_sequence_length", 0, "max_sequence_length=0"), ("max_sequence_length", 513, "max_sequence_length=513"),
+    ("max_sequence_length", -1, "max_sequence_length=-1"), ("max_sequence_length", 77.0, "max_sequence_length=77.0"),
+    ("max_sequence_length", True, "max_sequence_length=True"),
+    ("sampler", "euler", "unknown setting 'sampler'"),
+]:
+    attack(f"sweep setting {name}={value!r}", lambda name=name, value=value: check_settings({**SETTINGS, name: value}),
+           ValueError, said)
+for missing in ("prompt", "num_inference_steps", "guidance_scale", "seed"):
+    attack(f"sweep without {missing}",
+           lambda missing=missing: check_settings({k: v for k, v in SETTINGS.items() if k != missing}),
+           ValueError, f"setting {missing!r} is missing")
+
+# --- Starting a notebook: setup() and load_pipeline() with values typed by hand ----------------------------------
+
+for seed in (-1, 2**32, 1.0, "0", None, True):
+    attack(f"setup(seed={seed!r})", lambda seed=seed: setup(about="large", seed=seed, verbose=False), ValueError,
+           f"seed={seed!r}")
+for device in ("cuda", "cuda:0", "gpu", "mps", "cpu:0", "cuda:x", "CPU", 1.5):
+    attack(f"load_pipeline(device={device!r}) on a machine without a GPU",
+           lambda device=device: load_pipeline("tiny", device=device), ValueError, f"device={device!r}")
+for options, said in [
+    ({"offload": "disk"}, "offload='disk'"), ({"quantize": "int4"}, "quantize='int4'"), ({"quantize": True},
+                                                                                         "quantize=True"),
+    ({"t5": "fp8"}, "t5='fp8'"), ({"t5": None}, "t5=None"), ({"offload": "model"}, "offload='model' needs a CUDA GPU"),
+    ({"quantize": "nf4", "offload": "sequential"}, "offload='sequential' does not work with bitsandbytes"),
+    ({"t5": "int8", "offload": "group"}, "offload='group' does not work with bitsandbytes"),
+]:
+    attack(f"load_pipeline(**{options!r})", lambda options=options: load_pipeline("tiny", **options), ValueError, said)
+for model in ("sdxl", "", "stabilityai/stable-diffusion-3.5-large", None, 3):
+    attack(f"load_pipeline({model!r})", lambda model=model: load_pipeline(model), ValueError, f"model={model!r}")
+attack("load_pipeline with a made-up task", lambda: load_pipeline("tiny", "text2img"), ValueError, "task='text2img'")
+
+
+@pytest.mark.parametrize("case", ATTACKS, ids=[case.what for case in ATTACKS])
+def test_attack_is_refused_clearly(case: Attack, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(case.error) as raised:
+        case.call()
+    message = str(raised.value)
+    for part in case.says:
+        assert part in message, (part, message)
+    assert Path(raised.traceback[-1].path).parent.name == "helpers", "raised by helpers, not deep in a library"
+    assert SECRET not in message and SECRET[10:] not in message and SECRET[:10] not in message
+
+
+def test_the_table_is_large():
+    assert len(ATTACKS) >= 100
+
+
+# --- A hub that accepts the connection and never answers (a stalled proxy) ----------------------------------------
+
+def test_a_stalled_hub_is_reported_as_stalled_quickly():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connections are accepted by the system, and no answer ever comes
+        start = time.monotonic()
+        with pytest.raises(HubUnreachableError) as error:
+            check_access("stabilityai/stable-diffusion-3.5-large", SECRET,
+                         endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}", timeout_s=1.0)
+        assert time.monotonic() - start < 5
+    message = str(error.value)
+    assert "did not answer within 1 s" in message and "proxy" in message and SECRET not in message
+
+
+def test_the_default_wait_for_the_hub_is_under_20_seconds():
+    assert 5 <= HUB_TIMEOUT_S <= 20

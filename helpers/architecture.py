@@ -199,10 +199,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m helpers.architecture", description=main.__doc__)
     parser.add_argument("--figure", type=Path, help="also save the bar chart of weights by part to this PNG")
     args = parser.parse_args(argv)
+    if args.figure:
+        from helpers.checks import check_output_file
+
+        try:
+            args.figure = check_output_file(args.figure, "--figure", suffix=".png")
+        except ValueError as error:
+            parser.error(str(error))
     for name in ("large", "medium"):
         print(Table([part.row() for part in component_sizes(name)], title=get_model(name).title), end="\n\n")
     if args.figure:
-        args.figure.parent.mkdir(parents=True, exist_ok=True)
         plot_component_sizes().savefig(args.figure, dpi=120)
         print(f"saved {args.figure}")
 

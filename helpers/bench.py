@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers.checks import check_guidance_scale, check_output_file
 from helpers.models import MODELS, check_side, get_model
 
 STAGES = {
@@ -426,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_counts(steps=steps, runs=args.runs, warmup=args.warmup)
         check_side("--size", size)
+        check_guidance_scale(guidance, "--guidance")
+        if args.json:
+            args.json = check_output_file(args.json, "--json")  # before the benchmark, not after it
         pipe = load_for_bench(args)
     except (ValueError, MemoryError) as error:
         parser.error(str(error))

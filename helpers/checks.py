@@ -8,12 +8,14 @@ wherever it is made. Importing this module is cheap: it does not import torch.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 from helpers.models import check_side
 
-__all__ = ["check_guidance_scale", "check_max_sequence_length", "check_prompt", "check_seed", "check_side",
-           "check_steps", "check_strength", "check_strength_for_steps", "steps_run"]
+__all__ = ["check_guidance_scale", "check_max_sequence_length", "check_output_file", "check_prompt", "check_seed",
+           "check_side", "check_steps", "check_strength", "check_strength_for_steps", "steps_run"]
 
 MAX_SEED = 2**63 - 1
 """torch.Generator.manual_seed takes seeds up to this."""
@@ -83,3 +85,20 @@ def check_max_sequence_length(value: Any, name: str = "max_sequence_length") -> 
         raise ValueError(f"{name}={value!r} must be a whole number from 1 to {T5_MAX_TOKENS} (T5 tokens per "
                          "prompt; diffusers' default is 256).")
     return value
+
+
+def check_output_file(path: Path, name: str, suffix: str | None = None) -> Path:
+    """A file a command will write when it finishes, checked before it starts: its folder can be made and written
+    to, and it is not a folder. With `suffix`, a path without one gets it (the path returned is the one written)."""
+    path = Path(path)
+    if suffix and not path.suffix:
+        path = path.with_suffix(suffix)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{name} {str(path)!r}: its folder cannot be made ({error.strerror}); choose another path.")
+    if path.is_dir() or not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{name} {str(path)!r} cannot be written (a folder, or not writable by you); choose another "
+                         "path.")
+    return path

@@ -37,6 +37,7 @@ class Explorer:
         import ipywidgets as widgets
 
         self.pipe, self.model, self.folder = pipe, model, folder
+        self.last_error: Exception | None = None
         self.controls, self.fixed = controls, fixed
         self.button = widgets.Button(description="Generate", button_style="primary")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="progress", style=STYLE)
@@ -65,11 +66,17 @@ class Explorer:
         try:
             settings = self.current_settings()
             path, made = generate(self.pipe, self.model, settings, self.folder, on_step=self._on_step)
-        except ValueError as error:  # a setting the pipeline cannot use: say which, keep the last image
-            self.settings.value = f"<b>Not generated:</b> {html.escape(str(error))}"
+        except Exception as error:  # noqa: BLE001 - a button's callback has nowhere else to show it
+            # A setting the pipeline cannot use, or anything else (out of GPU memory, ...): say so where the
+            # reader looks, and that the picture shown is not of these settings. `last_error` keeps the traceback.
+            self.last_error = error
+            what = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+            self.settings.value = (f"<b>Not generated:</b> {html.escape(what)}<br><i>The picture shown is from "
+                                   "earlier settings.</i>")
             return None
         finally:
             self.button.disabled = False
+        self.last_error = None
         self.progress.value = self.progress.max
         self.image.value = path.read_bytes()
         shown = ", ".join(f"{name}={self._describe(value)}" for name, value in settings.items() if name != "prompt")

@@ -169,3 +169,59 @@ def test_a_stalled_hub_is_reported_as_stalled_quickly():
 
 def test_the_default_wait_for_the_hub_is_under_20_seconds():
     assert 5 <= HUB_TIMEOUT_S <= 20
+
+
+# --- Command lines: flags typed in a terminal. Each must stop before any work, with the flag and value named -----
+
+def unwritable_folder() -> str:
+    return "/proc/sd35-cannot-write-here/result.json"
+
+
+CLI_ATTACKS = [
+    ("helpers.bench", ["--guidance", "nan"], "--guidance=nan"),
+    ("helpers.bench", ["--guidance", "-2"], "--guidance=-2.0"),
+    ("helpers.bench", ["--guidance", "inf"], "--guidance=inf"),
+    ("helpers.bench", ["--steps", "0"], "steps=0"),
+    ("helpers.bench", ["--runs", "-1"], "runs=-1"),
+    ("helpers.bench", ["--warmup", "-1"], "warmup=-1"),
+    ("helpers.bench", ["--size", "100"], "--size=100"),
+    ("helpers.bench", ["--size", "0"], "--size=0"),
+    ("helpers.bench", ["--steps", "two"], "invalid int value: 'two'"),
+    ("helpers.bench", ["--model", "sdxl"], "invalid choice: 'sdxl'"),
+    ("helpers.bench", ["--json", unwritable_folder()], "--json '/proc/sd35-cannot-write-here/result.json'"),
+    ("helpers.bench", ["--json", "/"], "cannot be written"),
+    ("helpers.bench", ["--quantize", "nf4", "--fuse-qkv"], "--fuse-qkv cannot be combined"),
+    ("helpers.bench", ["--compile", "--offload", "group"], "--compile cannot be combined"),
+    ("helpers.memory", ["--gpu-gb", "nan"], "--gpu-gb nan"),
+    ("helpers.memory", ["--gpu-gb", "inf"], "--gpu-gb inf"),
+    ("helpers.memory", ["--gpu-gb", "0"], "--gpu-gb 0"),
+    ("helpers.memory", ["--gpu-gb", "16", "--host-gb", "nan"], "--host-gb nan"),
+    ("helpers.memory", ["--host-gb", "12.7"], "give its --gpu-gb too"),
+    ("helpers.memory", ["--size", "1000"], "size=1000"),
+    ("helpers.memory", ["--model", "tiny"], "invalid choice: 'tiny'"),
+    ("helpers.architecture", ["--figure", unwritable_folder()], "--figure"),
+    ("helpers.gpu_check", ["--budget-s", "0"], "budget_s=0.0"),
+    ("helpers.gpu_check", ["--budget-s", "nan"], "budget_s=nan"),
+    ("helpers.gpu_check", ["--only", "everything"], "--only everything: no such check"),
+    ("helpers.evaluation", ["--count", "0"], "--count=0"),
+    ("helpers.training", ["train", "--out", "x", "--steps", "0"], "--steps=0"),
+    ("helpers.training", ["train", "--out", "x", "--batch", "-4"], "--batch=-4"),
+]
+
+
+@pytest.mark.parametrize(("module", "argv", "says"), CLI_ATTACKS, ids=[f"{m} {' '.join(a)}" for m, a, _ in CLI_ATTACKS])
+def test_command_line_attack_stops_before_any_work(module, argv, says, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(module).main(argv)
+    assert stopped.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_figure_named_without_a_suffix_is_saved_as_png_and_reported_so(tmp_path, capsys):
+    from helpers.architecture import main
+
+    main(["--figure", str(tmp_path / "chart")])
+    assert (tmp_path / "chart.png").is_file() and not (tmp_path / "chart").exists()
+    assert f"saved {tmp_path / 'chart.png'}" in capsys.readouterr().out

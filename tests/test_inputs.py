@@ -167,3 +167,20 @@ def test_inpainting_explorer_moves_the_mask(tmp_path):
     explorer.button.click()
     assert bytes(explorer.image.value) != first
     assert explorer.mask_box() == pytest.approx((0.0, 0.3, 0.3, 0.7))
+
+
+def test_an_explorer_shows_any_failure_and_marks_the_old_picture(tmp_path, monkeypatch):
+    import torch
+
+    explorer, first = explorer_on_the_scene("ImageToImageExplorer", "image-to-image", tmp_path)
+
+    def out_of_memory(*args, **kwargs):  # what a GPU raises when the picture does not fit; a CPU cannot
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(explorer.pipe.transformer, "forward", out_of_memory)
+    explorer.controls["strength"].value = 0.45
+    explorer.button.click()
+    assert "Not generated:</b> OutOfMemoryError: CUDA out of memory" in explorer.settings.value
+    assert "The picture shown is from earlier settings" in explorer.settings.value
+    assert bytes(explorer.image.value) == first and isinstance(explorer.last_error, torch.OutOfMemoryError)
+    assert not explorer.button.disabled

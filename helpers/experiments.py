@@ -90,12 +90,45 @@ def check_settings(settings: dict[str, Any]) -> None:
         check_max_sequence_length(settings["max_sequence_length"])
 
 
-def image_key(pipe, model: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Everything that determines an image, as plain data (input images by their digest)."""
+PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+SAMPLES_PER_TENSOR = 256
+
+
+def pipeline_fingerprint(pipe) -> str:
+    """A digest of what the pipeline is: each part's class, every tensor's name, shape and dtype, and 256 values
+    spread through each tensor. It changes when the weights change in place (a LoRA, a fine-tune, another dtype),
+    and costs a few thousand small reads, not a pass over the weights."""
+    import torch
+
+    digest = hashlib.sha256()
+    for part in PIPELINE_PARTS:
+        module = getattr(pipe, part, None)
+        digest.update(f"{part}={type(module).__name__};".encode())
+        if module is None:
+            continue
+        for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers()):
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype};".encode())
+            if tensor.device.type == "meta" or tensor.numel() == 0:  # offloaded layer by layer: no values here
+                continue
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // SAMPLES_PER_TENSOR)][:SAMPLES_PER_TENSOR].contiguous()
+            digest.update(sample.view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def pixels_digest(image: Image.Image) -> str:
+    """A digest of a picture's decoded pixels (mode and size included)."""
+    return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()[:24]
+
+
+def image_key(pipe, model: str, settings: dict[str, Any], fingerprint: str | None = None) -> dict[str, Any]:
+    """Everything that determines an image, as plain data (input images by their digest, the pipeline by
+    `pipeline_fingerprint`, which `fingerprint` passes in when it is already known)."""
     scheduler = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
     return {
         "model": model,
         "weights": weights_signature(pipe),
+        "fingerprint": fingerprint or pipeline_fingerprint(pipe),
         "task": type(pipe).__name__,
         "scheduler": {type(pipe.scheduler).__name__: scheduler},
         "settings": {
@@ -111,21 +144,47 @@ def key_name(key: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24] + ".png"
 
 
+def _intact(path: Path, key: dict[str, Any]) -> bool:
+    """Whether a cached picture decodes in full and its stored settings and pixel digest match `key`."""
+    from helpers.images import METADATA_KEY
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            record = json.loads(image.text[METADATA_KEY])
+            pixels = pixels_digest(image)
+    except (OSError, ValueError, KeyError, AttributeError, SyntaxError):  # truncated, not a PNG, no record
+        return False
+    stored = {name: value for name, value in record.items() if name not in ("file", "pixels")}
+    return stored == json.loads(json.dumps(key, default=str)) and record.get("pixels") == pixels
+
+
 def generate(
-    pipe, model: str, settings: dict[str, Any], folder: str | Path | None = None, *, on_step=None
+    pipe, model: str, settings: dict[str, Any], folder: str | Path | None = None, *, on_step=None,
+    fingerprint: str | None = None, repaired: list[Path] | None = None,
 ) -> tuple[Path, bool]:
-    """The image for `settings`, from the cache folder if it is there, else generated and stored.
+    """The image for `settings`, from the cache folder if it is there and intact, else generated and stored.
 
     Returns its path, and whether it was generated now. `on_step(step, total)` is called after each denoising step.
+    A cached file that does not decode, or whose stored settings or pixels do not match, is made again (and added
+    to `repaired`). `fingerprint`: the pipeline's, when the caller has computed it for many images.
     """
     import torch
 
     check_settings(settings)
     folder = Path(folder) if folder is not None else output_dir() / "sweeps"
-    key = image_key(pipe, model, settings)
+    key = image_key(pipe, model, settings, fingerprint)
     path = folder / key_name(key)
     if path.is_file():
-        return path, False
+        if _intact(path, key):
+            return path, False
+        try:
+            path.unlink()
+        except OSError as error:
+            raise OSError(f"{path} is damaged (it does not decode, or it is not the picture its name stands for) and "
+                          f"cannot be replaced ({error.strerror}): delete it, or sweep into another folder.") from None
+        if repaired is not None:
+            repaired.append(path)
     arguments = {name: value for name, value in settings.items() if name != "seed"}
     generator = torch.Generator("cpu").manual_seed(settings["seed"])
     if on_step is not None:
@@ -141,7 +200,7 @@ def generate(
         image = pipe(**arguments, generator=generator).images[0]
     finally:
         pipe.set_progress_bar_config(**previous)
-    written = write_png(image, {**key, "file": path.name}, folder, [path.name])
+    written = write_png(image, {**key, "file": path.name, "pixels": pixels_digest(image)}, folder, [path.name])
     return path, written is not None
 
 
@@ -155,6 +214,8 @@ class Sweep:
     generated: int
     reused: int
     seconds: float
+    repaired: int = 0
+    """Cached pictures found damaged (or not what their name stands for) and made again."""
 
     def image(self, **match: Any) -> Image.Image:
         """The one image whose varied settings equal `match`, e.g. `sweep.image(seed=1, guidance_scale=7.0)`."""
@@ -217,16 +278,22 @@ def run_sweep(
     folder = Path(folder) if folder is not None else output_dir() / "sweeps"
     _remove_stale_staging(folder)
     start = time.perf_counter()
-    entries, generated = [], 0
+    fingerprint = pipeline_fingerprint(pipe)  # once: the pipeline does not change during a sweep
+    entries, generated, repaired = [], 0, []
     bar = tqdm(combinations, desc="sweep", disable=not progress)
     for combination in bar:
-        path, made = generate(pipe, model, {**fixed, **combination}, folder)
+        path, made = generate(pipe, model, {**fixed, **combination}, folder, fingerprint=fingerprint,
+                              repaired=repaired)
         generated += made
         entries.append((combination, path))
         bar.set_postfix(generated=generated, reused=len(entries) - generated)
+    if repaired:
+        print(f"{len(repaired)} cached picture(s) in {folder} were damaged or not what their names stand for, and "
+              "were made again.")
     return Sweep(
         fixed=dict(fixed), vary={name: list(values) for name, values in vary.items()}, entries=entries,
         generated=generated, reused=len(entries) - generated, seconds=time.perf_counter() - start,
+        repaired=len(repaired),
     )
 
 

@@ -192,3 +192,67 @@ def test_explorer_steps_and_seed_change_the_image(pipe, tmp_path):
         seen.add(bytes(explorer.image.value))
     assert len(seen) == 4
     assert np.asarray(Image.open(min(tmp_path.glob("*.png")))).shape == (64, 64, 3)
+
+
+# A damaged cache: a sweep folder synced half-way, a file emptied or overwritten by another picture.
+DAMAGE = {
+    "truncated": lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+    "emptied": lambda path: path.write_bytes(b""),
+    "not a PNG": lambda path: path.write_text("<html>404</html>"),
+    "another picture, no record": lambda path: Image.new("RGB", (64, 64), "red").save(path),
+    "pixels changed, record kept": lambda path: _repaint_keeping_record(path),
+}
+
+
+def _repaint_keeping_record(path):
+    from PIL import PngImagePlugin
+
+    with Image.open(path) as image:
+        info = PngImagePlugin.PngInfo()
+        for name, value in image.text.items():
+            info.add_text(name, value)
+        changed = image.convert("RGB")
+    changed.putpixel((0, 0), (255 - changed.getpixel((0, 0))[0], 0, 0))
+    changed.save(path, pnginfo=info)
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_cached_picture_is_made_again_and_counted(pipe, tmp_path, damage, capsys):
+    first = run_sweep(pipe, "tiny", FIXED, {"seed": [0, 1]}, folder=tmp_path, progress=False)
+    good = first.image(seed=0)
+    DAMAGE[damage](first.entries[0][1])
+    again = run_sweep(pipe, "tiny", FIXED, {"seed": [0, 1]}, folder=tmp_path, progress=False)
+    assert (again.generated, again.reused, again.repaired) == (1, 1, 1)
+    assert mean_difference(again.image(seed=0), good) == 0.0
+    assert "1 cached picture(s)" in capsys.readouterr().out
+    assert run_sweep(pipe, "tiny", FIXED, {"seed": [0, 1]}, folder=tmp_path, progress=False).reused == 2
+
+
+def test_a_model_changed_in_place_never_returns_old_pictures(tmp_path):
+    from helpers.experiments import pipeline_fingerprint
+    from helpers.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()  # its own copy: the change below must not reach other tests
+    pipe.set_progress_bar_config(disable=True)
+    before = run_sweep(pipe, "tiny", FIXED, {"seed": [0]}, folder=tmp_path, progress=False)
+    fingerprint = pipeline_fingerprint(pipe)
+    with torch.no_grad():  # as a LoRA merge or a fine-tuning step would: same names, shapes and dtype
+        pipe.transformer.proj_out.weight.mul_(1.5)
+    assert pipeline_fingerprint(pipe) != fingerprint
+    after = run_sweep(pipe, "tiny", FIXED, {"seed": [0]}, folder=tmp_path, progress=False)
+    assert (after.generated, after.reused) == (1, 0)
+    assert after.entries[0][1] != before.entries[0][1]
+    assert mean_difference(after.image(seed=0), before.image(seed=0)) > 0
+
+
+def test_a_damaged_picture_in_a_read_only_folder_is_reported(pipe, tmp_path):
+    sweep = run_sweep(pipe, "tiny", FIXED, {"seed": [0]}, folder=tmp_path, progress=False)
+    sweep.entries[0][1].write_bytes(b"")
+    tmp_path.chmod(0o555)
+    try:
+        if os.access(tmp_path, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        with pytest.raises(OSError, match="is damaged .* cannot be replaced"):
+            run_sweep(pipe, "tiny", FIXED, {"seed": [0]}, folder=tmp_path, progress=False)
+    finally:
+        tmp_path.chmod(0o755)

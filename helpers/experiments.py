@@ -88,6 +88,12 @@ def check_settings(settings: dict[str, Any]) -> None:
         check_strength_for_steps(check_strength(settings["strength"]), steps)
     if settings.get("max_sequence_length") is not None:
         check_max_sequence_length(settings["max_sequence_length"])
+    for name, modes, helper in (("image", ("RGB",), "prepare_image"), ("mask_image", ("L", "1"), "prepare_mask")):
+        value = settings.get(name)
+        if value is not None and (not isinstance(value, Image.Image) or value.mode not in modes):
+            what = f"a {value.mode} image" if isinstance(value, Image.Image) else repr(type(value).__name__)
+            raise ValueError(f"{name} is {what}; the pipeline takes {' or '.join(modes)}. Pass it through "
+                             f"{helper}() first, which converts it faithfully and says what it did.")
 
 
 PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -301,8 +307,11 @@ def _remove_stale_staging(folder: Path) -> None:
     """Temporary files left by a killed process; recent ones may belong to a sweep still running, so stay."""
     if folder.is_dir():
         for leftover in folder.glob(f"{STAGING_PREFIX}*"):
-            if time.time() - leftover.stat().st_mtime > STALE_STAGING_S:
-                leftover.unlink(missing_ok=True)
+            try:
+                if time.time() - leftover.stat().st_mtime > STALE_STAGING_S:
+                    leftover.unlink(missing_ok=True)
+            except OSError:  # a read-only folder: harmless, the leftover is never read
+                continue
 
 
 def settings_of(path: str | Path) -> dict[str, Any]:

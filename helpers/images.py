@@ -96,15 +96,44 @@ def write_png(image: Image.Image, record: dict[str, Any], folder: Path, names: I
     try:
         with os.fdopen(handle, "wb") as file:
             image.save(file, format="PNG", pnginfo=info)
+        os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes files only their owner may read
         for name in names:
             try:
                 os.link(staging, folder / name)
                 return folder / name
             except FileExistsError:
                 continue
+            except OSError:  # a filesystem without hard links (some network and FAT drives)
+                if _write_exclusive(Path(staging).read_bytes(), folder / name):
+                    return folder / name
         return None
     finally:
         os.unlink(staging)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux reports it (changing it, even for a moment, would
+    affect files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_exclusive(data: bytes, path: Path) -> bool:
+    """Write `data` to `path` only if no file has that name (False if one has). Not atomic like a link: a process
+    killed mid-write leaves a partial file, which a sweep finds damaged and makes again."""
+    try:
+        with open(path, "xb") as file:
+            file.write(data)
+    except FileExistsError:
+        return False
+    return True
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +25,35 @@ SAMPLE_DIR = Path(__file__).resolve().parent.parent / "images"
 SAMPLES = {"scene": "sample_scene.png", "subject": "sample_subject.png"}
 
 
+MAX_INPUT_PIXELS = 89_478_485
+"""Largest input accepted (Pillow's own decompression-bomb threshold, about 9,500 x 9,500): larger files are refused
+before they are decoded, so a small file that unpacks to gigabytes cannot fill the memory."""
+
+
+def _opened(file, name: str, what: str) -> Image.Image:
+    """Decode an image file, refusing one larger than MAX_INPUT_PIXELS before its pixels are read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says it better
+            with Image.open(file) as opened:
+                if opened.width * opened.height > MAX_INPUT_PIXELS:
+                    raise ValueError(f"{name}: {what} is {opened.width}x{opened.height} pixels, more than the "
+                                     f"{MAX_INPUT_PIXELS:,} accepted. Resize it first (1024 px on the long side "
+                                     "is what SD3.5 works at).")
+                opened.load()
+                return opened.copy()
+    except Image.DecompressionBombError:
+        raise ValueError(f"{name}: {what} declares a size far beyond the {MAX_INPUT_PIXELS:,} pixels accepted (a "
+                         "'decompression bomb'); it was not decoded.") from None
+
+
 def load_image(source: str | Path | bytes | Image.Image, *, name: str = "image") -> Image.Image:
     """An image from a file path, raw bytes or a PIL image. Raises a clear error for anything that is not one."""
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, (bytes, bytearray)):
         try:
-            image = Image.open(io.BytesIO(source))
-            image.load()
+            image = _opened(io.BytesIO(source), name, f"these {len(source)} bytes")
         except (UnidentifiedImageError, OSError):
             raise ValueError(f"{name}: these {len(source)} bytes are not an image PIL can read; "
                              "pass PNG or JPEG data.") from None
@@ -41,14 +63,38 @@ def load_image(source: str | Path | bytes | Image.Image, *, name: str = "image")
             raise FileNotFoundError(f"{name}={str(source)!r}: no such file. Check the path (relative to the "
                                     f"notebook's folder, {Path.cwd()}).")
         try:
-            with Image.open(path) as opened:
-                opened.load()
-                image = opened.copy()
+            image = _opened(path, name, f"the file {str(source)!r}")
         except (UnidentifiedImageError, OSError):
             raise ValueError(f"{name}={str(source)!r} is not an image file PIL can read; use a PNG or JPEG.") from None
     else:
         raise TypeError(f"{name} must be a path, bytes or a PIL image, not {type(source).__name__}.")
+    if image.width * image.height > MAX_INPUT_PIXELS:
+        raise ValueError(f"{name} is {image.width}x{image.height} pixels, more than the {MAX_INPUT_PIXELS:,} "
+                         "accepted. Resize it first (1024 px on the long side is what SD3.5 works at).")
     return image
+
+
+def to_8bit(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """`image` with 8-bit channels, its values scaled rather than clipped, and a note of what was done.
+
+    Pillow's own convert() clips: a 16-bit picture (0 to 65535) comes out almost white, a float one (0 to 1)
+    black. 16-bit values are divided by 257; float values are taken as 0 to 1 when none is above 1, else as 0 to
+    255. Other modes are returned as they are.
+    """
+    import numpy as np
+
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return image, None
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"the {image.mode} image holds values that are not numbers (NaN or infinite); fix the file.")
+    if image.mode == "F":
+        top = values.max(initial=0.0)
+        scale, how = (255.0, "0-1 floats scaled to 0-255") if top <= 1 else (1.0, "floats taken as 0-255")
+    else:
+        scale, how = 1 / 257, "16-bit values scaled to 8 bits"
+    eight = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(eight), f"{image.mode}: {how}"
 
 
 @dataclass(frozen=True)
@@ -80,7 +126,12 @@ def working_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
 def prepare_image(source, longest: int = 1024) -> Prepared:
     """The input as RGB at its working size (longer side `longest`, sides multiples of 16, aspect ratio kept)."""
     image = load_image(source)
-    notes = []
+    image, scaled = to_8bit(image)
+    notes = [scaled] if scaled else []
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        notes.append(f"{image.mode}: transparent areas put on white")
+        background = Image.new("RGBA", image.size, "white")
+        image = Image.alpha_composite(background, image.convert("RGBA"))
     if image.mode != "RGB":
         notes.append(f"converted {image.mode} to RGB")
         image = image.convert("RGB")
@@ -109,7 +160,8 @@ def prepare_mask(source, image_size: tuple[int, int], *, grow: int = 0,
         raise ValueError(f"mask is {mask.width}x{mask.height} but the image is {expected[0]}x{expected[1]}: draw "
                          "the mask on the image it belongs to, or resize it to the image's size first.")
     _check_pixels("grow", grow)
-    notes = []
+    mask, scaled = to_8bit(mask)
+    notes = [scaled] if scaled else []
     if mask.mode != "L":
         notes.append(f"converted {mask.mode} to one channel")
         mask = mask.convert("L")

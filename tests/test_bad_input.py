@@ -136,7 +136,7 @@ for model in ("sdxl", "", "stabilityai/stable-diffusion-3.5-large", None, 3):
 attack("load_pipeline with a made-up task", lambda: load_pipeline("tiny", "text2img"), ValueError, "task='text2img'")
 
 
-@pytest.mark.parametrize("case", ATTACKS, ids=[case.what for case in ATTACKS])
+@pytest.mark.parametrize("case", ATTACKS, ids=lambda case: case.what)
 def test_attack_is_refused_clearly(case: Attack, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(case.error) as raised:
@@ -225,3 +225,147 @@ def test_a_figure_named_without_a_suffix_is_saved_as_png_and_reported_so(tmp_pat
     main(["--figure", str(tmp_path / "chart")])
     assert (tmp_path / "chart.png").is_file() and not (tmp_path / "chart").exists()
     assert f"saved {tmp_path / 'chart.png'}" in capsys.readouterr().out
+
+
+# --- Input pictures: files from cameras, scanners, image tools and the web ----------------------------------------
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` and holds one row of data: decoding it in full would need gigabytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1)))
+            + chunk(b"IEND", b""))
+
+
+def _image_attacks():
+    from PIL import Image
+
+    from helpers.experiments import check_settings
+    from helpers.inputs import load_image, prepare_image, prepare_mask
+
+    attack("a 20,000 x 20,000 PNG of a few hundred bytes (a decompression bomb)",
+           lambda: load_image(png_header_only(20_000, 20_000)), ValueError, "decompression bomb")
+    attack("a 10,000 x 10,000 PNG (just under Pillow's own error, over its warning)",
+           lambda: load_image(png_header_only(10_000, 10_000)), ValueError, "10000x10000 pixels", "Resize it")
+    attack("an in-memory picture of 10,000 x 10,000", lambda: prepare_image(Image.new("L", (10_000, 10_000))),
+           ValueError, "10000x10000 pixels")
+    attack("bytes that are not a picture", lambda: load_image(b"<html>not found</html>"), ValueError,
+           "are not an image PIL can read")
+    attack("a float picture holding NaN", lambda: prepare_image(Image.fromarray(
+        __import__("numpy").full((32, 32), float("nan"), dtype="float32"))), ValueError, "NaN or infinite")
+    attack("an RGBA picture straight into a sweep", lambda: check_settings(
+        {**SETTINGS, "image": Image.new("RGBA", (64, 64)), "strength": 0.5}), ValueError,
+        "image is a RGBA image", "prepare_image()")
+    attack("a colour mask straight into a sweep", lambda: check_settings(
+        {**SETTINGS, "mask_image": Image.new("RGB", (64, 64))}), ValueError, "mask_image is a RGB image",
+        "prepare_mask()")
+    attack("a file path as a sweep's image", lambda: check_settings({**SETTINGS, "image": "photo.jpg"}),
+           ValueError, "image is 'str'", "prepare_image()")
+    attack("a mask of another size", lambda: prepare_mask(Image.new("L", (32, 32), 255), (64, 64)), ValueError,
+           "mask is 32x32 but the image is 64x64")
+    attack("an all-black float mask", lambda: prepare_mask(Image.new("F", (64, 64), 0.0), (64, 64)), ValueError,
+           "nothing to paint")
+
+
+_image_attacks()
+
+
+def test_16_bit_and_float_pictures_keep_their_brightness():
+    import numpy as np
+    from PIL import Image
+
+    from helpers.inputs import prepare_image
+
+    grey16 = Image.fromarray(np.full((64, 64), 32768, dtype=np.uint16))  # mid-grey in 16 bits
+    prepared = prepare_image(grey16, longest=64)
+    assert np.asarray(prepared.image)[0, 0].tolist() == [128, 128, 128] and "16-bit values scaled" in prepared.note
+    half = Image.fromarray(np.full((64, 64), 0.5, dtype=np.float32))  # mid-grey as a 0-1 float
+    prepared = prepare_image(half, longest=64)
+    assert np.asarray(prepared.image)[0, 0].tolist() == [128, 128, 128] and "0-1 floats scaled" in prepared.note
+
+
+def test_a_float_mask_paints_where_it_is_1():
+    import numpy as np
+    from PIL import Image
+
+    from helpers.inputs import prepare_mask
+
+    values = np.zeros((64, 64), dtype=np.float32)
+    values[16:48, 16:48] = 1.0
+    mask = prepare_mask(Image.fromarray(values), (64, 64))
+    assert np.asarray(mask.image)[32, 32] == 255 and np.asarray(mask.image)[0, 0] == 0
+
+
+def test_transparent_areas_become_white_not_black():
+    import numpy as np
+    from PIL import Image
+
+    from helpers.inputs import prepare_image
+
+    clear = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    prepared = prepare_image(clear, longest=64)
+    assert np.asarray(prepared.image)[0, 0].tolist() == [255, 255, 255] and "transparent areas" in prepared.note
+
+
+# --- Files: where the pictures land (a shared folder, a network drive, a read-only copy of a finished sweep) -------
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_saved_pictures_honour_the_umask(tmp_path, umask, mode):
+    import os
+
+    from PIL import Image
+
+    from helpers.images import write_png
+
+    previous = os.umask(umask)
+    try:
+        path = write_png(Image.new("RGB", (8, 8)), {"prompt": "x"}, tmp_path, ["a.png"])
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+def test_pictures_are_saved_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from PIL import Image
+
+    from helpers.images import read_metadata, write_png
+
+    def no_links(*args, **kwargs):  # what os.link raises on such a filesystem
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = write_png(Image.new("RGB", (8, 8), "red"), {"prompt": "x"}, tmp_path, ["a.png"])
+    assert path == tmp_path / "a.png" and read_metadata(path) == {"prompt": "x"}
+    assert write_png(Image.new("RGB", (8, 8)), {"prompt": "y"}, tmp_path, ["a.png"]) is None  # never replaced
+    assert read_metadata(path) == {"prompt": "x"} and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_a_finished_sweep_reads_from_a_folder_it_cannot_clean(tmp_path, monkeypatch):
+    import os
+    import pathlib
+
+    from helpers.experiments import run_sweep
+    from helpers.images import STAGING_PREFIX
+
+    pipe = load_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    fixed = {"prompt": "a cat", "num_inference_steps": 2, "guidance_scale": 4.5, "height": 64, "width": 64}
+    run_sweep(pipe, "tiny", fixed, {"seed": [0, 1]}, folder=tmp_path, progress=False)
+    stale = tmp_path / f"{STAGING_PREFIX}left-by-a-killed-run.png"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (0, 0))
+
+    def read_only(self, missing_ok=False):  # what unlink raises in a read-only folder (root may write anywhere)
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "unlink", read_only)
+    again = run_sweep(pipe, "tiny", fixed, {"seed": [0, 1]}, folder=tmp_path, progress=False)
+    assert (again.generated, again.reused) == (0, 2)

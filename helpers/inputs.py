@@ -204,8 +204,10 @@ def blend(original: Image.Image, painted: Image.Image, mask: Image.Image, *, sof
 
 def _box(size: tuple[int, int], box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
     """A box given as fractions of the image (left, top, right, bottom, each 0 to 1) in pixels."""
-    left, top, right, bottom = box
-    if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
+    numbers = isinstance(box, (tuple, list)) and len(box) == 4 and all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) for value in box)
+    left, top, right, bottom = box if numbers else (0, 0, 0, 0)
+    if not (numbers and 0 <= left < right <= 1 and 0 <= top < bottom <= 1):
         raise ValueError(f"box={box!r} must be (left, top, right, bottom) fractions with 0 <= left < right <= 1 "
                          "and 0 <= top < bottom <= 1.")
     width, height = size

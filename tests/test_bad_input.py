@@ -149,7 +149,7 @@ def test_attack_is_refused_clearly(case: Attack, monkeypatch):
 
 
 def test_the_table_is_large():
-    assert len(ATTACKS) >= 100
+    assert len(ATTACKS) + len(CLI_ATTACKS) >= 150
 
 
 # --- A hub that accepts the connection and never answers (a stalled proxy) ----------------------------------------
@@ -273,6 +273,54 @@ def _image_attacks():
 
 
 _image_attacks()
+
+
+def _helper_argument_attacks():
+    from PIL import Image
+
+    from helpers.inputs import (
+        blend,
+        ellipse_mask,
+        load_image,
+        mask_from_alpha,
+        prepare_image,
+        prepare_mask,
+        rectangle_mask,
+        sample,
+    )
+
+    picture = Image.new("RGB", (64, 64))
+    for longest in (0, 100, -16, "1024", 1024.0):
+        attack(f"prepare_image(longest={longest!r})", lambda longest=longest: prepare_image(picture, longest=longest),
+               ValueError, f"longest={longest!r}")
+    for grow in (-1, 1.5, "2"):
+        attack(f"prepare_mask(grow={grow!r})",
+               lambda grow=grow: prepare_mask(Image.new("L", (64, 64), 255), (64, 64), grow=grow), ValueError,
+               f"grow={grow!r}")
+    attack("blend(soften=-2)", lambda: blend(picture, picture, Image.new("L", (64, 64)), soften=-2), ValueError,
+           "soften=-2")
+    attack("blend of pictures of different sizes", lambda: blend(picture, Image.new("RGB", (32, 32)),
+                                                                 Image.new("L", (64, 64))), ValueError, "sizes differ")
+    for box in ((0.5, 0.5, 0.2, 0.9), (-0.1, 0, 1, 1), (0, 0, 1.5, 1), (0.2, 0.2, 0.2, 0.8)):
+        attack(f"rectangle_mask(box={box!r})", lambda box=box: rectangle_mask((64, 64), box), ValueError,
+               f"box={box!r}")
+    attack("ellipse_mask with a box of three numbers", lambda: ellipse_mask((64, 64), (0, 0, 1)), ValueError,
+           "box=(0, 0, 1)")
+    attack("rectangle_mask with a box of text", lambda: rectangle_mask((64, 64), ("0", "0", "1", "1")), ValueError,
+           "box=('0', '0', '1', '1')")
+    attack("rectangle_mask with nan in the box", lambda: rectangle_mask((64, 64), (0, 0, float("nan"), 1)),
+           ValueError, "box=(0, 0, nan, 1)")
+    attack("mask_from_alpha of a picture without transparency", lambda: mask_from_alpha(picture), ValueError,
+           "no alpha channel")
+    attack("mask_from_alpha(paint='inside')", lambda: mask_from_alpha(Image.new("RGBA", (8, 8)), paint="inside"),
+           ValueError, "paint='inside'")
+    attack("sample('portrait')", lambda: sample("portrait"), ValueError, "name='portrait'")
+    attack("load_image of a path that does not exist", lambda: load_image("no/such/photo.png"), FileNotFoundError,
+           "'no/such/photo.png': no such file")
+    attack("load_image(42)", lambda: load_image(42), TypeError, "not int")
+
+
+_helper_argument_attacks()
 
 
 def test_16_bit_and_float_pictures_keep_their_brightness():

@@ -238,7 +238,8 @@ def fuse_qkv_projections(transformer) -> None:
     """
     from helpers.attention import JointAttention
 
-    transformer.original_attn_processors = transformer.attn_processors
+    if not any(hasattr(block.attn, "to_qkv") for block in transformer.transformer_blocks):  # fused already: keep
+        transformer.original_attn_processors = transformer.attn_processors  # the processors from before
     for block in transformer.transformer_blocks:
         block.attn.fuse_projections(fuse=True)
         block.attn.set_processor(JointAttention(fused=True))
@@ -435,20 +436,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     options = {"quantize": args.quantize, "offload": args.offload, "drop_t5": args.drop_t5,
                "compile": args.compile, "fuse_qkv": args.fuse_qkv}
-    result = benchmark(
-        pipe, model=spec.name, weights=args.weights, steps=steps, size=size,
-        guidance_scale=guidance, runs=args.runs, warmup=args.warmup, options=options,
-    )
     from helpers.display import Table
 
-    print(Table([result.row()]))
-    if args.overhead:
-        overhead = harness_overhead(pipe, model=spec.name, steps=steps, size=size, guidance_scale=guidance,
-                                    runs=args.runs)
-        print(f"harness overhead: bare median {overhead['bare_median_s']:.4f} s, harness median "
-              f"{overhead['harness_median_s']:.4f} s, ratio {overhead['ratio']:.3f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result = benchmark(
+            pipe, model=spec.name, weights=args.weights, steps=steps, size=size,
+            guidance_scale=guidance, runs=args.runs, warmup=args.warmup, options=options,
+        )
+        print(Table([result.row()]))
+        if args.overhead:
+            overhead = harness_overhead(pipe, model=spec.name, steps=steps, size=size, guidance_scale=guidance,
+                                        runs=args.runs)
+            print(f"harness overhead: bare median {overhead['bare_median_s']:.4f} s, harness median "
+                  f"{overhead['harness_median_s']:.4f} s, ratio {overhead['ratio']:.3f}")
+    finally:
+        if args.fuse_qkv:  # load_pipeline shares pipelines within a process: leave this one as it was found
+            unfuse_qkv_projections(pipe.transformer)
+    if args.json:  # its folder was made when --json was checked
         args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
         print(f"saved {args.json}")
     return 0

@@ -110,3 +110,23 @@ def test_random_weights_pipeline_has_the_full_size_parts():
     assert pipe.tokenizer.model_max_length == 77
     ids = pipe.tokenizer_3("A group of elves hunting a dragon").input_ids
     assert max(ids) < pipe.text_encoder_3.config.vocab_size  # the stand-in's ids are valid in the real vocabulary
+
+
+def test_bench_leaves_a_shared_pipeline_as_it_found_it(capsys):
+    from helpers.bench import fuse_qkv_projections, unfuse_qkv_projections
+
+    pipe = load_pipeline("tiny")  # the pipeline `python -m helpers.bench --model tiny` gets in this process
+    blocks = pipe.transformer.transformer_blocks
+
+    def as_loaded():
+        return (not any(hasattr(block.attn, "to_qkv") for block in blocks)
+                and {type(block.attn.processor).__name__ for block in blocks} == {"JointAttnProcessor2_0"})
+
+    assert as_loaded()
+    assert main(["--model", "tiny", "--runs", "1", "--warmup", "0", "--steps", "2", "--size", "64",
+                 "--fuse-qkv"]) == 0
+    assert as_loaded()
+    fuse_qkv_projections(pipe.transformer)
+    fuse_qkv_projections(pipe.transformer)  # twice: the processors from before the first are what comes back
+    unfuse_qkv_projections(pipe.transformer)
+    assert as_loaded()

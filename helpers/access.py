@@ -163,8 +163,6 @@ def check_access(hub_id: str, token: str, *, endpoint: str | None = None, timeou
             f"HF_HUB_OFFLINE is set, so the hub cannot be asked for {hub_id}. Unset HF_HUB_OFFLINE to download the "
             "weights, or set SD35_MODEL=toy to run the offline toy model."
         ) from None
-    except HubUnreachableError:
-        raise
     except Exception as error:
         if not _is_network_error(error):
             raise

@@ -109,47 +109,36 @@ def _describe(error: BaseException) -> str:
 def _free_memory() -> None:
     import torch
 
-    gc.collect()  # a pipeline that has been called sits in a reference cycle until collected
+    gc.collect()  # a case that failed leaves its objects in the traceback's frames, a reference cycle
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
 def measure(pipe, *, steps: int, size: int, guidance_scale: float, runs: int = 1, warmup: int = 0,
             **call: Any) -> dict[str, Any]:
-    """Seconds per image (median of `runs` after `warmup`), GPU peak (`max_memory_allocated`) and the process's
-    peak resident memory during the timed runs (GB = 10^9 bytes)."""
+    """Seconds per image (median of `runs` after `warmup`, timed by helpers.bench's `time_call`), GPU peak
+    (`max_memory_allocated`, timed runs) and the process's peak resident memory (all runs), in GB (10^9 bytes)."""
     import torch
 
-    from helpers.bench import PROMPT, _PeakRss, _synchronize
+    from helpers.bench import PROMPT, _PeakRss, time_call
 
-    device = str(pipe._execution_device)
-    on_gpu = device.startswith("cuda")
     arguments = {"prompt": PROMPT, "num_inference_steps": steps, "height": size, "width": size,
                  "guidance_scale": guidance_scale, **call}
     pipe.set_progress_bar_config(disable=True)
+    last = {}
 
     def run():
-        return pipe(**arguments, generator=torch.Generator("cpu").manual_seed(0))
+        last["output"] = pipe(**arguments, generator=torch.Generator("cpu").manual_seed(0))
 
-    for _ in range(warmup):
-        run()
-    if on_gpu:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    seconds = []
     with _PeakRss() as rss:
-        for _ in range(runs):
-            _synchronize(device)
-            start = time.perf_counter()
-            output = run()
-            _synchronize(device)
-            seconds.append(time.perf_counter() - start)
+        seconds, peak, kind = time_call(run, device=str(pipe._execution_device), warmup=warmup, runs=runs,
+                                        progress=False)
     return {
         "steps": steps, "size": size, "guidance_scale": guidance_scale, "runs_s": [round(s, 4) for s in seconds],
         "median_s": round(statistics.median(seconds), 4),
-        "gpu_peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if on_gpu else None,
+        "gpu_peak_gb": round(peak, 2) if kind == "GPU allocated" else None,
         "host_peak_gb": round(rss.peak / 1e9, 2),
-        "images": output.images,
+        "images": last["output"].images,
     }
 
 

@@ -30,16 +30,19 @@ MAX_INPUT_PIXELS = 89_478_485
 before they are decoded, so a small file that unpacks to gigabytes cannot fill the memory."""
 
 
+def _check_pixel_count(image: Image.Image, what: str) -> None:
+    if image.width * image.height > MAX_INPUT_PIXELS:
+        raise ValueError(f"{what} is {image.width}x{image.height} pixels, more than the {MAX_INPUT_PIXELS:,} "
+                         "accepted. Resize it first (1024 px on the long side is what SD3.5 works at).")
+
+
 def _opened(file, name: str, what: str) -> Image.Image:
     """Decode an image file, refusing one larger than MAX_INPUT_PIXELS before its pixels are read."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says it better
             with Image.open(file) as opened:
-                if opened.width * opened.height > MAX_INPUT_PIXELS:
-                    raise ValueError(f"{name}: {what} is {opened.width}x{opened.height} pixels, more than the "
-                                     f"{MAX_INPUT_PIXELS:,} accepted. Resize it first (1024 px on the long side "
-                                     "is what SD3.5 works at).")
+                _check_pixel_count(opened, f"{name}: {what}")  # from the header, before decoding
                 opened.load()
                 return opened.copy()
     except Image.DecompressionBombError:
@@ -68,9 +71,7 @@ def load_image(source: str | Path | bytes | Image.Image, *, name: str = "image")
             raise ValueError(f"{name}={str(source)!r} is not an image file PIL can read; use a PNG or JPEG.") from None
     else:
         raise TypeError(f"{name} must be a path, bytes or a PIL image, not {type(source).__name__}.")
-    if image.width * image.height > MAX_INPUT_PIXELS:
-        raise ValueError(f"{name} is {image.width}x{image.height} pixels, more than the {MAX_INPUT_PIXELS:,} "
-                         "accepted. Resize it first (1024 px on the long side is what SD3.5 works at).")
+    _check_pixel_count(image, name)
     return image
 
 

@@ -195,8 +195,8 @@ def check_options(spec: ModelSpec, device: str, offload, quantize, t5) -> Route:
     if route is None:
         from helpers.memory import load_options, routes_that_fit
 
-        routes = [", ".join(f"{key}={value!r}" for key, value in load_options(route).items())
-                  for route in routes_that_fit(spec.name, card, spec.height)]
+        routes = [", ".join(f"{key}={value!r}" for key, value in load_options(name).items())
+                  for name in routes_that_fit(spec.name, card, spec.height)]
         host = "" if card.host_gb is None else f", {card.host_gb:.1f} GB of RAM"
         raise MemoryError(
             f"{spec.title} does not fit this machine ({card.memory_gb:.1f} GB of GPU memory free{host}) with "

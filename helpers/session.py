@@ -45,7 +45,7 @@ class GpuInfo:
 
     @property
     def card(self):
-        """This GPU as helpers.memory describes cards, for placement()."""
+        """This GPU as helpers.memory describes cards, for choosing how each model loads."""
         from helpers.memory import Card
 
         return Card(self.memory_gb if self.free_gb is None else self.free_gb, fused_bf16_attention=self.native_bf16,

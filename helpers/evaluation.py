@@ -90,7 +90,13 @@ class Adherence:
 def adherence(pipe, scenes: Sequence[world.Scene], **settings: Any) -> Adherence:
     """Generate each scene's full caption (seeded by its position) and judge what the pictures show."""
     prompts = [item.caption for item in scenes]
-    pictures = generate_batch(pipe, prompts, range(len(scenes)), **settings)
+    return judged(generate_batch(pipe, prompts, range(len(scenes)), **settings), scenes)
+
+
+def judged(pictures: Sequence[Image.Image], scenes: Sequence[world.Scene]) -> Adherence:
+    """How often `pictures[i]` shows what `scenes[i]` describes: colour, shape, background."""
+    if len(pictures) != len(scenes):
+        raise ValueError(f"got {len(pictures)} pictures for {len(scenes)} scenes: give one scene per picture.")
     readings = [world.judge(picture) for picture in pictures]
     colour = [reading.colour == item.colour for reading, item in zip(readings, scenes, strict=True)]
     shape = [reading.shape == item.shape for reading, item in zip(readings, scenes, strict=True)]

@@ -309,7 +309,7 @@ def apply_offload(pipe, offload: str, device: str) -> None:
 
 
 TOY_MODEL_DIR = Path(__file__).resolve().parent / "toy_model"
-"""The trained offline model, shipped inside the helpers package (notebook 08 shows how it was trained)."""
+"""The trained offline model, shipped inside the helpers package (notebook 09 shows how it was trained)."""
 
 
 def toy_model_dir() -> Path:
@@ -318,7 +318,7 @@ def toy_model_dir() -> Path:
         raise FileNotFoundError(
             f"The offline toy model is missing from {TOY_MODEL_DIR}: this installation of the helpers is incomplete. "
             "Reinstall them (`pip install --force-reinstall git+https://github.com/sd35-notebooks/sd35-notebooks`), "
-            "or retrain it with `python -m helpers.training train --out MY_FOLDER` (see notebook 08)."
+            "or retrain it with `python -m helpers.training train --out MY_FOLDER` (see notebook 09)."
         )
     return TOY_MODEL_DIR
 

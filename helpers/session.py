@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 NO_GPU_BANNER = (
-    "No GPU found: running the offline toy model, a small SD3 pipeline trained on drawn shapes (notebook 08). "
+    "No GPU found: running the offline toy model, a small SD3 pipeline trained on drawn shapes (notebook 09). "
     "Every cell runs the same diffusers code as on a GPU, with toy-world prompts in place of SD3.5's. For SD3.5 "
     "itself, open this notebook on a GPU machine (Colab, SageMaker) with a Hugging Face token."
 )

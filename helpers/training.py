@@ -1,6 +1,6 @@
 """Training the offline model: a small SD3 pipeline that learns the toy world of helpers.world on a CPU.
 
-Introduced in notebook 08. The model is built from the same diffusers and transformers classes as SD3.5
+Introduced in notebook 09. The model is built from the same diffusers and transformers classes as SD3.5
 (SD3Transformer2DModel, a 16-channel AutoencoderKL, two CLIPTextModelWithProjection, T5EncoderModel,
 FlowMatchEulerDiscreteScheduler), only much smaller, and saved with `save_pretrained` so that it loads like
 any SD3.5 model. Training has two stages:

@@ -1,6 +1,6 @@
 """The toy world the offline model was trained on: drawn scenes with captions, and a judge that reads pictures.
 
-Introduced in notebook 01; notebook 08 shows how the offline model learned it. A scene is one shape (circle,
+Introduced in notebook 01; notebook 09 shows how the offline model learned it. A scene is one shape (circle,
 square or triangle) in one colour on a plain background of another colour, at a random place and size. Its
 caption says what is there ("a red circle on a blue background"). The judge reads any picture back into the same
 terms (shape, its colour, background colour, position), so every lesson can be measured on the offline model:

@@ -253,6 +253,23 @@ class Sweep:
         )
 
 
+def sweep_combinations(fixed: dict[str, Any], vary: dict[str, Sequence]) -> list[dict[str, Any]]:
+    """Every combination of `vary`'s values, in order (the last setting varies fastest), each checked on top of
+    `fixed` with `check_settings`: a bad value raises before the first image."""
+    if not vary:
+        raise ValueError("vary is empty: name at least one setting and its values, e.g. vary={'seed': [0, 1, 2]}.")
+    for name, values in vary.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+            raise ValueError(f"vary[{name!r}]={values!r} must be a non-empty list of values.")
+    overlap = set(fixed) & set(vary)
+    if overlap:
+        raise ValueError(f"{min(overlap)!r} is both fixed and varied; keep it in one of the two.")
+    combinations = [dict(zip(vary, values, strict=True)) for values in itertools.product(*vary.values())]
+    for combination in combinations:
+        check_settings({**fixed, **combination})
+    return combinations
+
+
 def run_sweep(
     pipe,
     model: str,
@@ -269,18 +286,7 @@ def run_sweep(
     """
     from tqdm.auto import tqdm
 
-    if not vary:
-        raise ValueError("vary is empty: name at least one setting and its values, e.g. vary={'seed': [0, 1, 2]}.")
-    for name, values in vary.items():
-        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-            raise ValueError(f"vary[{name!r}]={values!r} must be a non-empty list of values.")
-    overlap = set(fixed) & set(vary)
-    if overlap:
-        raise ValueError(f"{min(overlap)!r} is both fixed and varied; keep it in one of the two.")
-    combinations = [dict(zip(vary, values, strict=True)) for values in itertools.product(*vary.values())]
-    for combination in combinations:
-        check_settings({**fixed, **combination})
-
+    combinations = sweep_combinations(fixed, vary)
     folder = Path(folder) if folder is not None else output_dir() / "sweeps"
     _remove_stale_staging(folder)
     start = time.perf_counter()

@@ -1,0 +1,457 @@
+"""Sweeps spread over several processes, one per GPU, with accelerate: every image made once, nothing lost.
+
+Introduced in notebook 10. A *plan* (model, fixed settings, varied settings, folder) is saved as JSON in the sweep's
+folder; `accelerate launch` starts one process per GPU, each running this module on the plan. Each process loads
+the model on its own device, takes its share of the plan's images with `PartialState().split_between_processes`,
+and writes them into the folder: the same cache `run_sweep` reads, so a finished sweep reads like any other.
+
+Before making an image a process *claims* it: a file that can be created only where none exists. Two launches on
+one folder therefore never make an image twice, and a claim left by a process that died is taken over by the next
+launch. A killed process loses only the image it was making; launch again and the rest are made.
+
+    accelerate launch --multi_gpu --num_processes 4 -m helpers.distributed work PLAN.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from helpers.experiments import sweep_combinations
+
+PLANS, CLAIMS, JOURNALS = ".plans", ".claims", ".journal"
+"""Subfolders of a sweep's folder: the plans launched on it, the images being made now, what each process did."""
+FOREIGN_CLAIM_TIMEOUT_S = 3600
+"""A claim by a process on another machine (a shared drive) counts as abandoned after this long."""
+POLL_S = 0.5
+
+
+# --- Plans ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a distributed sweep makes: every combination of `vary` on top of `fixed`, with `model`, into `folder`."""
+
+    model: str
+    fixed: dict[str, Any]
+    vary: dict[str, list]
+    folder: Path
+
+    def settings(self) -> list[dict[str, Any]]:
+        """The settings of every image, in sweep order."""
+        return [{**self.fixed, **combination} for combination in sweep_combinations(self.fixed, self.vary)]
+
+    @property
+    def path(self) -> Path:
+        """Where the plan is saved: named by a digest of its content, so equal plans share one file."""
+        text = json.dumps({"model": self.model, "fixed": self.fixed, "vary": self.vary}, sort_keys=True)
+        return self.folder / PLANS / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+
+
+def make_plan(model: str, fixed: dict[str, Any], vary: dict[str, Sequence], folder: str | Path) -> Plan:
+    """A checked plan, saved in `folder`. Every setting is checked now (as `run_sweep` checks them), and must be
+    plain data (text, numbers, lists) to travel to other processes: text-to-image sweeps."""
+    from helpers.models import get_model
+
+    spec = get_model(model)
+    plan = Plan(spec.name, dict(fixed), {name: list(values) for name, values in vary.items()}, Path(folder))
+    settings = plan.settings()  # raises on anything run_sweep would refuse
+    try:
+        json.dumps(settings, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"a setting cannot be written into a plan ({error}): a distributed sweep takes text, numbers "
+                         "and lists only. Sweep image-to-image or inpainting with run_sweep in one process.") from None
+    plan.path.parent.mkdir(parents=True, exist_ok=True)
+    plan.path.write_text(json.dumps({"model": plan.model, "fixed": plan.fixed, "vary": plan.vary}, indent=1))
+    return plan
+
+
+def read_plan(path: str | Path) -> Plan:
+    """The plan saved at `path` (its folder is the sweep's folder)."""
+    path = Path(path)
+    record = json.loads(path.read_text())
+    return Plan(record["model"], record["fixed"], record["vary"], path.parent.parent)
+
+
+# --- Claims -----------------------------------------------------------------------------------------------------
+
+
+def _record() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` of this machine is running (a zombie, killed but not yet collected, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _abandoned(record: dict[str, Any] | None, age_s: float) -> bool:
+    if record is None:  # unreadable: being written right now, or left half-written by a crash long ago
+        return age_s > 60
+    if record.get("host") == socket.gethostname():
+        return not _alive(int(record["pid"]))
+    return age_s > FOREIGN_CLAIM_TIMEOUT_S
+
+
+def _read_claim(path: Path) -> tuple[dict[str, Any] | None, float] | None:
+    """(the claim's record or None if unreadable, its age in seconds), or None when there is no claim."""
+    try:
+        age = time.time() - path.stat().st_mtime
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text), age
+    except ValueError:
+        return None, age
+
+
+def _create_claim(path: Path) -> bool:
+    try:
+        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(handle, "w") as file:
+        json.dump(_record(), file)
+    return True
+
+
+def claim(folder: Path, name: str) -> bool:
+    """Claim image `name` of the sweep in `folder` for this process: True if it is now ours to make, False if a
+    running process holds it. A claim whose process has died is taken over (if two processes try at once, one
+    wins)."""
+    path = folder / CLAIMS / f"{name}.claim"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if _create_claim(path):
+        return True
+    found = _read_claim(path)
+    if found is None:
+        return _create_claim(path)
+    record, age = found
+    if not _abandoned(record, age):
+        return False
+    aside = path.with_name(f"{path.name}.abandoned-{os.getpid()}")
+    try:
+        os.rename(path, aside)  # atomic: of several processes taking over, one moves the old claim
+    except FileNotFoundError:
+        return False
+    moved = _read_claim(aside)
+    if moved is None or moved[0] != record:  # we moved a fresh claim made in the meantime: put it back
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+        aside.unlink(missing_ok=True)
+        return False
+    aside.unlink(missing_ok=True)
+    return _create_claim(path)
+
+
+def release(folder: Path, name: str) -> None:
+    """Give up this process's claim on image `name` (done, or failed)."""
+    (folder / CLAIMS / f"{name}.claim").unlink(missing_ok=True)
+
+
+# --- The work of one process --------------------------------------------------------------------------------------
+
+
+class Journal:
+    """One process's record of a launch, a JSON line per event, in the sweep's folder: what it loaded, each image
+    it made or found made, and when. Read back by `LaunchResult`; appended line by line, so a killed process
+    leaves a record up to its last finished image."""
+
+    def __init__(self, folder: Path, launch: str, rank: int):
+        self.path = folder / JOURNALS / f"{launch}-rank{rank}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rank = rank
+
+    def write(self, event: str, **details: Any) -> None:
+        with open(self.path, "a") as file:
+            file.write(json.dumps({"event": event, "rank": self.rank, "pid": os.getpid(), "time": time.time(),
+                                   **details}) + "\n")
+
+
+def work(plan_path: str | Path, launch: str) -> None:
+    """Run by each process of `accelerate launch`: load the model on this process's device, then make this
+    process's share of the plan's images that are neither in the folder nor claimed by a running process."""
+    import torch
+    from accelerate import PartialState
+
+    from helpers.experiments import _intact, generate, image_key, key_name, pipeline_fingerprint
+    from helpers.loading import load_pipeline
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # without a GPU: one CPU process each (gloo)
+    plan = read_plan(plan_path)
+    journal = Journal(plan.folder, launch, state.process_index)
+    device = "cpu" if state.device.type == "cpu" else f"cuda:{state.device.index or 0}"
+    started = time.time()
+    pipe = load_pipeline(plan.model, device=device)
+    fingerprint = pipeline_fingerprint(pipe)
+    journal.write("loaded", device=device, seconds=time.time() - started, processes=state.num_processes)
+    with state.split_between_processes(plan.settings()) as mine:
+        for settings in mine:
+            key = image_key(pipe, plan.model, settings, fingerprint)
+            name = key_name(key)
+            if (plan.folder / name).is_file() and _intact(plan.folder / name, key):
+                journal.write("found", file=name)
+                continue
+            if not claim(plan.folder, name):
+                journal.write("left to another process", file=name)
+                continue
+            try:
+                begun = time.time()
+                _, made = generate(pipe, plan.model, settings, plan.folder, fingerprint=fingerprint)
+                journal.write("made" if made else "found", file=name, began=begun)
+            finally:
+                release(plan.folder, name)
+    journal.write("done")
+    state.wait_for_everyone()
+
+
+# --- Launching ----------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    """A TCP port free now, for the processes of one launch to meet on (two launches must not share one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def check_processes(num_processes: object, images: int) -> int:
+    """`num_processes` if this machine can run that many for a sweep of `images` images, else a clear error."""
+    import torch
+
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"num_processes={num_processes!r} must be a whole number, 1 or more (one per GPU).")
+    if num_processes > images:
+        raise ValueError(f"num_processes={num_processes} is more than the sweep's {images} image(s): "
+                         f"{num_processes - images} process(es) would load the model and have nothing to make. "
+                         f"Use num_processes={images} or fewer.")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and num_processes > gpus:
+        raise ValueError(f"num_processes={num_processes}, but this machine has {gpus} GPU(s): one process per GPU. "
+                         f"Use num_processes={gpus} or fewer.")
+    cores = os.cpu_count() or 1
+    if not gpus and num_processes > cores:
+        raise ValueError(f"num_processes={num_processes}, but this machine has no GPU and {cores} CPU core(s): "
+                         f"the processes would only queue for cores. Use num_processes={cores} or fewer.")
+    return num_processes
+
+
+def launch_command(plan: Plan, num_processes: int, launch: str, threads_per_process: int) -> list[str]:
+    """The `accelerate launch` command line for `plan` (as a list for subprocess)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_cpu_threads_per_process", str(threads_per_process)]
+    if num_processes > 1:  # torchrun's launcher: one process each, on CPUs too (without it accelerate starts one)
+        command += ["--multi_gpu", "--main_process_port", str(_free_port())]
+    return command + ["-m", "helpers.distributed", "work", str(plan.path), "--launch", launch]
+
+
+def shown_command(command: list[str]) -> str:
+    """The command as a reader would type it in a terminal."""
+    start = command.index("accelerate.commands.launch") + 1
+    skip = {"--main_process_port", "--launch"}
+    words, parts = [], iter(command[start:])
+    for part in parts:
+        if part in skip:
+            next(parts)
+            continue
+        words.append(part)
+    return "accelerate launch " + " ".join(words)
+
+
+@dataclass
+class LaunchResult:
+    """What one launch did, read from its processes' journals."""
+
+    launch: str
+    num_processes: int
+    returncode: int
+    seconds: float
+    """Wall time of the whole launch: starting the processes, loading the model, making the images."""
+    events: list[dict[str, Any]] = field(repr=False)
+
+    def files(self, event: str = "made") -> list[str]:
+        """The images this launch made (or found made, or left to another process), by file name."""
+        return [entry["file"] for entry in self.events if entry["event"] == event]
+
+    @property
+    def made(self) -> int:
+        return len(self.files("made"))
+
+    @property
+    def making_seconds(self) -> float:
+        """From the first image begun to the last image finished, over all processes."""
+        made = [entry for entry in self.events if entry["event"] == "made"]
+        return max(entry["time"] for entry in made) - min(entry["began"] for entry in made) if made else 0.0
+
+    def row(self) -> dict[str, Any]:
+        """A table row: images made, per process, and throughput with and without the start-up."""
+        per_process = {}
+        for entry in self.events:
+            if entry["event"] == "made":
+                per_process[entry["rank"]] = per_process.get(entry["rank"], 0) + 1
+        making = self.making_seconds
+        return {
+            "processes": self.num_processes,
+            "images made": self.made,
+            "per process": ", ".join(str(per_process.get(rank, 0)) for rank in range(self.num_processes)),
+            "whole launch": f"{self.seconds:.1f} s",
+            "images/s, whole launch": f"{self.made / self.seconds:.2f}" if self.made else "-",
+            "images/s, making images": f"{self.made / making:.2f}" if making else "-",
+            "exit": "ok" if self.returncode == 0 else f"failed ({self.returncode})",
+        }
+
+
+class RunningSweep:
+    """A launch in progress: `wait()` shows a progress bar until it ends and returns its LaunchResult."""
+
+    def __init__(self, plan: Plan, num_processes: int, threads_per_process: int | None = None):
+        self.plan = plan
+        self.num_processes = check_processes(num_processes, len(plan.settings()))
+        threads = threads_per_process or max(1, (os.cpu_count() or 1) // self.num_processes)
+        self.launch = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.command = launch_command(plan, self.num_processes, self.launch, threads)
+        self.log = plan.folder / JOURNALS / f"{self.launch}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+        with open(self.log, "w") as log:
+            # The child's own process group: stopping it stops every process it started.
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every journal line of this launch so far."""
+        entries = []
+        for path in sorted((self.plan.folder / JOURNALS).glob(f"{self.launch}-rank*.jsonl")):
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError):  # a line being written right now
+                    entries.append(json.loads(line))
+        return entries
+
+    def crash_one_process(self, after_images: int = 1, timeout_s: float = 600) -> int:
+        """Kill one worker (SIGKILL, as a crash or an out-of-memory kill would) once the launch has made
+        `after_images` images; returns its pid. For showing, and testing, what a crash leaves behind."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            events = self.events()
+            workers = {entry["rank"]: entry["pid"] for entry in events if entry["event"] == "loaded"}
+            if sum(entry["event"] == "made" for entry in events) >= after_images and workers:
+                victim = workers[max(workers)]
+                os.kill(victim, signal.SIGKILL)
+                return victim
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the launch ended before {after_images} image(s) were made; see {self.log}.")
+            time.sleep(0.05)
+        raise TimeoutError(f"no {after_images} image(s) made within {timeout_s} s; see {self.log}.")
+
+    def wait(self, progress: bool = True) -> LaunchResult:
+        """Wait for the launch to end, showing images made; on a failure, print the end of its log."""
+        from tqdm.auto import tqdm
+
+        total = len(self.plan.settings())
+        with tqdm(total=total, desc=f"{self.num_processes} process(es)", disable=not progress) as bar:
+            try:
+                while self.process.poll() is None:
+                    bar.update(sum(entry["event"] in ("made", "found") for entry in self.events()) - bar.n)
+                    time.sleep(POLL_S)
+            except KeyboardInterrupt:
+                os.killpg(self.process.pid, signal.SIGTERM)  # stop the workers too; finished images stay
+                raise
+            bar.update(sum(entry["event"] in ("made", "found") for entry in self.events()) - bar.n)
+        result = LaunchResult(self.launch, self.num_processes, self.process.returncode,
+                              time.perf_counter() - self.started, self.events())
+        if result.returncode != 0:
+            print(f"The launch ended with exit status {result.returncode}; the end of its log ({self.log}):")
+            print("\n".join(self.log.read_text().splitlines()[-8:]))
+        return result
+
+
+def launch(plan: Plan, num_processes: int, *, threads_per_process: int | None = None,
+           progress: bool = True) -> LaunchResult:
+    """Run `plan` with `num_processes` processes (one per GPU; without a GPU, CPU processes) and wait for it."""
+    return RunningSweep(plan, num_processes, threads_per_process).wait(progress)
+
+
+def folder_report(plan: Plan) -> dict[str, int]:
+    """What the sweep's folder holds for `plan`: images finished, claims open now, journals written."""
+    return {
+        "images in the folder": len(list(plan.folder.glob("*.png"))),
+        "open claims": len(list((plan.folder / CLAIMS).glob("*.claim"))),
+        "of the plan's images": len(plan.settings()),
+    }
+
+
+# --- Memory on a multi-GPU machine ----------------------------------------------------------------------------------
+
+
+def per_gpu_rows(models: Sequence[str], *, gpus: int, gpu_gb: float, host_gb: float,
+                 fused_bf16_attention: bool = True) -> list[dict[str, Any]]:
+    """For a machine with `gpus` GPUs of `gpu_gb` and `host_gb` of RAM, running one process per GPU: the route
+    `load_pipeline` takes in each process (each gets 1/`gpus` of the RAM), its estimated peak GPU memory, and the
+    RAM all processes hold together (helpers.memory's estimates)."""
+    from helpers.loading import choose_route
+    from helpers.memory import STRATEGIES, Card, estimate
+    from helpers.models import get_model
+
+    card = Card(gpu_gb, fused_bf16_attention=fused_bf16_attention, host_gb=host_gb / gpus)
+    rows = []
+    for name in models:
+        spec = get_model(name)
+        route = choose_route(spec, card)
+        if route is None:
+            rows.append({"model": spec.title, "route in each process": "nothing fits", "GPU peak per process": "-",
+                         "RAM, all processes": "-"})
+            continue
+        result = estimate(spec.name, route.strategy, spec.height,
+                          "fused" if fused_bf16_attention else "math")
+        rows.append({
+            "model": spec.title,
+            "route in each process": STRATEGIES[route.strategy].description,
+            "GPU peak per process": f"{result.peak_gb:.1f} GB of {gpu_gb:g}",
+            "RAM, all processes": f"{result.host_gb * gpus:.0f} GB of {host_gb:.0f}",
+        })
+    return rows
+
+
+# --- Command line ---------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.distributed", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    worker = commands.add_parser("work", help="make one process's share of a plan (run by accelerate launch)")
+    worker.add_argument("plan", type=Path, help="a plan file written by helpers.distributed.make_plan")
+    worker.add_argument("--launch", default=None, help="a name for this launch, shared by its processes")
+    args = parser.parse_args(argv)
+    if not args.plan.is_file():
+        parser.error(f"plan {args.plan} does not exist: write one with helpers.distributed.make_plan().")
+    work(args.plan, args.launch or os.environ.get("TORCHELASTIC_RUN_ID", "launch"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

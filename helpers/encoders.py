@@ -138,6 +138,25 @@ def embeddings_without_t5(pipe, prompts: list[str], *, max_sequence_length: int 
             "negative_pooled_prompt_embeds": negative_pooled}
 
 
+def generate_without_t5(pipe, prompts: list[str], seeds: list[int], *, batch_size: int = 16,
+                        **settings: Any) -> list:
+    """One picture per (prompt, seed) as a pipeline loaded without T5 makes it (`embeddings_without_t5`), in batches
+    of `batch_size`, each seeded like `helpers.evaluation.generate_batch`: the same noise as the other arms."""
+    import torch
+
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds: give one seed per prompt.")
+    length = settings.pop("max_sequence_length", None)
+    negative_prompt = settings.pop("negative_prompt", "")
+    pictures = []
+    for start in range(0, len(prompts), batch_size):
+        embeddings = embeddings_without_t5(pipe, prompts[start:start + batch_size], max_sequence_length=length,
+                                           negative_prompt=negative_prompt)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[start:start + batch_size]]
+        pictures += pipe(**embeddings, generator=generators, **settings).images
+    return pictures
+
+
 @contextmanager
 def quiet_truncation_warnings() -> Iterator[None]:
     """Within the block, diffusers and transformers do not log the text each encoder cut from each prompt (a warning

@@ -189,25 +189,48 @@ def check_options(spec: ModelSpec, device: str, offload, quantize, t5) -> Route:
     if card is None or spec.is_stand_in or offload != "auto":
         if card is None and offload not in ("auto", None):
             raise ValueError(f"offload={offload!r} needs a CUDA GPU; device={device!r}. Use offload=None on a CPU.")
-        return Route(None, None if offload == "auto" else offload, None if quantize == "auto" else quantize,
-                     "keep" if t5 == "auto" else t5)
+        route = Route(None, None if offload == "auto" else offload, None if quantize == "auto" else quantize,
+                      "keep" if t5 == "auto" else t5)
+        strategy = None if card is None or spec.is_stand_in else _strategy_of(route)
+        from helpers.memory import fits_card
+
+        if strategy is not None and not fits_card(spec.name, strategy, card, spec.height):
+            raise _does_not_fit(spec, card, f"offload={offload!r}, quantize={quantize!r}, t5={t5!r}")
+        return route
     route = choose_route(spec, card, quantize=quantize, t5=t5)
     if route is None:
-        from helpers.memory import load_options, routes_that_fit
-
-        routes = [", ".join(f"{key}={value!r}" for key, value in load_options(name).items())
-                  for name in routes_that_fit(spec.name, card, spec.height)]
-        host = "" if card.host_gb is None else f", {card.host_gb:.1f} GB of RAM"
-        raise MemoryError(
-            f"{spec.title} does not fit this machine ({card.memory_gb:.1f} GB of GPU memory free{host}) with "
-            f"quantize={quantize!r}, t5={t5!r}. "
-            + (f"Loading options that fit: {'; '.join(routes)}. " if routes else
-               "No loading option fits it; use SD3.5 Medium (SD35_MODEL=medium) or a larger GPU. ")
-            + "A pipeline loaded earlier takes its share: `del` it first. `python -m helpers.memory --gpu-gb "
-            f"{card.memory_gb:.0f}" + ("" if card.host_gb is None else f" --host-gb {card.host_gb:.0f}")
-            + (" --no-fused-attention" if not card.fused_bf16_attention else "") + "` shows every estimate."
-        )
+        raise _does_not_fit(spec, card, f"quantize={quantize!r}, t5={t5!r}")
     return route
+
+
+def _strategy_of(route: Route) -> str | None:
+    """The strategy of helpers.memory that loading options stand for (None: a combination it does not estimate)."""
+    from helpers.memory import STRATEGIES, load_options
+
+    wanted = {"offload": route.offload}
+    if route.quantize:
+        wanted["quantize"] = route.quantize
+    if route.t5 != "keep":
+        wanted["t5"] = route.t5
+    return next((name for name in STRATEGIES if load_options(name) == wanted), None)
+
+
+def _does_not_fit(spec: ModelSpec, card: Card, options: str) -> MemoryError:
+    """The error for a model that does not fit this machine with `options`, listing the options that fit."""
+    from helpers.memory import load_options, routes_that_fit
+
+    routes = [", ".join(f"{key}={value!r}" for key, value in load_options(name).items())
+              for name in routes_that_fit(spec.name, card, spec.height)]
+    host = "" if card.host_gb is None else f", {card.host_gb:.1f} GB of RAM"
+    return MemoryError(
+        f"{spec.title} does not fit this machine ({card.memory_gb:.1f} GB of GPU memory free{host}) with "
+        f"{options}. "
+        + (f"Loading options that fit: {'; '.join(routes)}. " if routes else
+           "No loading option fits it; use SD3.5 Medium (SD35_MODEL=medium) or a larger GPU. ")
+        + "A pipeline loaded earlier takes its share: `del` it first. `python -m helpers.memory --gpu-gb "
+        f"{card.memory_gb:.0f}" + ("" if card.host_gb is None else f" --host-gb {card.host_gb:.0f}")
+        + (" --no-fused-attention" if not card.fused_bf16_attention else "") + "` shows every estimate."
+    )
 
 
 def load_pipeline(

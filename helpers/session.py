@@ -86,20 +86,24 @@ class Session:
         """
         return toy if self.model.is_stand_in else sd35
 
+    def fits(self, spec: ModelSpec, *, offload="auto", quantize="auto", t5="auto") -> bool:
+        """Whether `load_pipeline(spec, offload=..., quantize=..., t5=...)` fits this machine's GPU and RAM
+        (helpers.memory's estimates); if not, says so. Without a GPU everything fits (it runs on the CPU)."""
+        from helpers.loading import check_options
+
+        try:
+            check_options(spec, self.device, offload, quantize, t5)
+        except MemoryError:
+            options = ", ".join(f"{name}={value!r}" for name, value in
+                                (("offload", offload), ("quantize", quantize), ("t5", t5)) if value != "auto")
+            print(f"{spec.title} with {options or 'its automatic route'} does not fit this machine: skipped here.")
+            return False
+        return True
+
     def fitting(self, variants: Sequence[tuple[ModelSpec, str | None]]) -> list[tuple[ModelSpec, str | None]]:
         """The (model, quantize) pairs that `load_pipeline(model, quantize=quantize)` can load on this machine;
         says which it leaves out. Without a GPU every pair loads (on the CPU)."""
-        from helpers.loading import check_options
-
-        kept = []
-        for spec, quantize in variants:
-            try:
-                check_options(spec, self.device, "auto", quantize, "auto")
-            except MemoryError:
-                print(f"{spec.title} with quantize={quantize!r} does not fit this machine: skipped here.")
-            else:
-                kept.append((spec, quantize))
-        return kept
+        return [(spec, quantize) for spec, quantize in variants if self.fits(spec, quantize=quantize)]
 
     def gpu_offload(self, offload: str) -> str | None:
         """`offload` where there is a GPU to offload to; None on a CPU, where everything is in CPU memory already."""

@@ -247,3 +247,23 @@ def test_fitting_leaves_out_what_does_not_fit_and_says_so(monkeypatch, capsys):
     kept = run.fitting([(MODELS["large"], None), (MODELS["large"], "nf4")])
     assert kept == [(MODELS["large"], "nf4")]
     assert "SD3.5 Large with quantize=None does not fit this machine: skipped here." in capsys.readouterr().out
+
+
+def test_options_given_explicitly_are_checked_against_gpu_and_ram(monkeypatch, capsys):
+    """The seed's route (NF4 + model offload) keeps T5 and the rest in RAM: 22 GB, which free Colab's 12.7 GB
+    cannot hold. It is refused before loading (a Colab kernel would be killed), with the options that fit."""
+    from helpers import loading
+    from helpers.loading import Route, check_options
+
+    colab = Card(15.4, fused_bf16_attention=False, host_gb=12.7)
+    monkeypatch.setattr(loading, "this_machine", lambda device="cuda": colab)
+    with pytest.raises(MemoryError, match=r"offload='model', quantize='nf4', t5='auto'.*Loading options that fit: "):
+        check_options(MODELS["large"], "cuda", "model", "nf4", "auto")
+    run = setup(about="large", verbose=False)
+    assert not run.fits(MODELS["large"], offload="model", quantize="nf4")
+    assert "SD3.5 Large with offload='model', quantize='nf4' does not fit this machine" in capsys.readouterr().out
+    assert run.fits(MODELS["large"], quantize="nf4", t5="nf4")
+
+    monkeypatch.setattr(loading, "this_machine", lambda device="cuda": Card(80))
+    assert check_options(MODELS["large"], "cuda", "model", "nf4", "auto") == Route(None, "model", "nf4", "keep")
+    assert check_options(MODELS["large"], "cuda", "model", "nf4", "int8").t5 == "int8"  # not estimated: not refused

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,10 @@ PLANS, CLAIMS, JOURNALS = ".plans", ".claims", ".journal"
 FOREIGN_CLAIM_TIMEOUT_S = 3600
 """A claim by a process on another machine (a shared drive) counts as abandoned after this long."""
 POLL_S = 0.5
+ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*|python -m helpers\.distributed: error): ")
+"""The last line of a Python traceback, or a refusal of this module's command line."""
+LAUNCHER_ERRORS = ("torch.distributed.", "subprocess.CalledProcessError")
+"""The launchers' own errors after a process failed, which say only that it failed."""
 
 
 # --- Plans ------------------------------------------------------------------------------------------------------
@@ -330,8 +335,11 @@ class RunningSweep:
     """A launch in progress: `wait()` shows a progress bar until it ends and returns its LaunchResult."""
 
     def __init__(self, plan: Plan, num_processes: int, threads_per_process: int | None = None):
+        from helpers.loading import check_can_load
+
         self.plan = plan
         self.num_processes = check_processes(num_processes, len(plan.settings()))
+        check_can_load(plan.model)  # a missing token or licence stops here, not in every process
         threads = threads_per_process or max(1, (os.cpu_count() or 1) // self.num_processes)
         self.launch = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.command = launch_command(plan, self.num_processes, self.launch, threads)
@@ -385,8 +393,12 @@ class RunningSweep:
         result = LaunchResult(self.launch, self.num_processes, self.process.returncode,
                               time.perf_counter() - self.started, self.events())
         if result.returncode != 0:
-            print(f"The launch ended with exit status {result.returncode}; the end of its log ({self.log}):")
-            print("\n".join(self.log.read_text().splitlines()[-8:]))
+            lines = self.log.read_text(errors="replace").splitlines()
+            errors = [line for line in lines if ERROR_LINE.match(line) and not line.startswith(LAUNCHER_ERRORS)]
+            print(f"The launch ended with exit status {result.returncode}. "
+                  + (f"A process stopped with:\n{errors[-1]}\n" if errors else "")
+                  + f"The end of its log ({self.log}):")
+            print("\n".join(lines[-8:]))
         return result
 
 

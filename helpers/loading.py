@@ -364,6 +364,12 @@ def _weights_source(spec: ModelSpec) -> tuple[object, str | None]:
     return spec.hub_id, token
 
 
+def check_can_load(model: str | ModelSpec) -> None:
+    """The checks load_pipeline makes before loading `model` from the hub (a token, an accepted licence), made now:
+    for code that loads it in other processes later, such as a distributed sweep."""
+    _weights_source(get_model(model))
+
+
 def _from_pretrained(pipeline_class, spec: ModelSpec, source, **options):
     if spec.is_stand_in:
         from helpers.tiny import quiet_transformers_progress

@@ -149,3 +149,26 @@ def test_the_multi_gpu_memory_table_follows_helpers_memory():
         peak = float(row["GPU peak per process"].split()[0])
         ram = float(row["RAM, all processes"].split()[0])
         assert peak <= 24 and ram <= 206.2
+
+
+def test_a_gated_model_without_a_token_is_refused_before_any_process_starts(tmp_path, monkeypatch):
+    from helpers.access import MissingTokenError
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no token saved by a login either
+    plan = make_plan("large", {"num_inference_steps": 4, "guidance_scale": 4.5}, {"prompt": ["a"], "seed": [0]},
+                     tmp_path / "sweep")
+    with pytest.raises(MissingTokenError):
+        RunningSweep(plan, 1)
+    assert not (plan.folder / ".journal").exists()
+
+
+def test_a_process_that_fails_names_its_error_above_the_launchers_summary(tmp_path, capsys):
+    plan = make_plan(TOY.name, FIXED, VARY, tmp_path / "sweep")
+    running = RunningSweep(plan, 2)
+    plan.path.unlink()  # the processes look for it after their imports, seconds from now
+    result = running.wait(progress=False)
+    assert result.returncode != 0 and result.made == 0
+    out = capsys.readouterr().out
+    stopped = out.split("A process stopped with:\n", 1)[1].splitlines()[0]
+    assert "does not exist" in stopped and plan.path.name in stopped

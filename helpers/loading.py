@@ -94,7 +94,19 @@ def this_machine(device: str = "cuda") -> Card | None:
         return None
     free_bytes, _ = torch.cuda.mem_get_info(torch.device(device))
     return Card(free_bytes / 1e9, fused_bf16_attention=not needs_bounded_attention(device),
-                host_gb=psutil.virtual_memory().total / 1e9)
+                host_gb=host_share_gb(psutil.virtual_memory().total / 1e9))
+
+
+def host_share_gb(total_gb: float) -> float:
+    """This process's share of the machine's RAM: all of it, or 1/N for each of N processes launched together on
+    one machine (torchrun, under `accelerate launch`, sets LOCAL_WORLD_SIZE), which all load at once."""
+    import os
+
+    try:
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        processes = 1
+    return total_gb / processes
 
 
 def placement(

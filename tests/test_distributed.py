@@ -172,3 +172,12 @@ def test_a_process_that_fails_names_its_error_above_the_launchers_summary(tmp_pa
     out = capsys.readouterr().out
     stopped = out.split("A process stopped with:\n", 1)[1].splitlines()[0]
     assert "does not exist" in stopped and plan.path.name in stopped
+
+
+def test_each_process_of_a_launch_counts_its_share_of_the_ram(monkeypatch):
+    from helpers.loading import host_share_gb
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert host_share_gb(206.0) == 206.0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # set by torchrun in each of four processes on one machine
+    assert host_share_gb(206.0) == 51.5

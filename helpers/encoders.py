@@ -121,7 +121,7 @@ def token_rows(pipe, prompt: str, max_sequence_length: int | None = None) -> lis
 
 
 def embeddings_without_t5(pipe, prompts: list[str], *, max_sequence_length: int | None = None,
-                          negative_prompt: str = "") -> dict[str, Any]:
+                          negative_prompt: str | list[str] = "") -> dict[str, Any]:
     """The four embedding arguments of a pipeline call for `prompts` (and the negative prompt), with T5's rows set to
     zeros: exactly what the pipeline computes when it is loaded without T5 (`t5='drop'`), from the pipeline already
     loaded, so nothing is loaded twice. Pass them instead of the prompts: `pipe(**embeddings, ...)`."""
@@ -136,25 +136,6 @@ def embeddings_without_t5(pipe, prompts: list[str], *, max_sequence_length: int 
         embeddings[:, clip_tokens:] = 0
     return {"prompt_embeds": text, "negative_prompt_embeds": negative_text, "pooled_prompt_embeds": pooled,
             "negative_pooled_prompt_embeds": negative_pooled}
-
-
-def generate_without_t5(pipe, prompts: list[str], seeds: list[int], *, batch_size: int = 16,
-                        **settings: Any) -> list:
-    """One picture per (prompt, seed) as a pipeline loaded without T5 makes it (`embeddings_without_t5`), in batches
-    of `batch_size`, each seeded like `helpers.evaluation.generate_batch`: the same noise as the other arms."""
-    import torch
-
-    if len(prompts) != len(seeds):
-        raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds: give one seed per prompt.")
-    length = settings.pop("max_sequence_length", None)
-    negative_prompt = settings.pop("negative_prompt", "")
-    pictures = []
-    for start in range(0, len(prompts), batch_size):
-        embeddings = embeddings_without_t5(pipe, prompts[start:start + batch_size], max_sequence_length=length,
-                                           negative_prompt=negative_prompt)
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[start:start + batch_size]]
-        pictures += pipe(**embeddings, generator=generators, **settings).images
-    return pictures
 
 
 @contextmanager

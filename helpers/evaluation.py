@@ -31,12 +31,13 @@ from helpers.inputs import rectangle_mask
 
 
 def generate_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_size: int = 16,
-                   progress: bool = False, **settings: Any) -> list[Image.Image]:
+                   progress: bool = False, drop_t5: bool = False, **settings: Any) -> list[Image.Image]:
     """One picture per (prompt, seed), in batches of `batch_size`: `seeds[i]` seeds the i-th picture's generator,
     so it is the same picture as a call with that prompt and seed alone.
 
     Settings that are lists (`negative_prompt`, `image`, `mask_image`) give one value per picture; any other
-    setting applies to all.
+    setting applies to all. `drop_t5=True` makes the pictures a pipeline loaded without T5 makes, from this one
+    (`helpers.encoders.embeddings_without_t5`).
     """
     import torch
     from tqdm.auto import tqdm
@@ -48,6 +49,10 @@ def generate_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_
         if len(values) != len(prompts):
             raise ValueError(f"{name} has {len(values)} values for {len(prompts)} prompts: give one per prompt.")
     shared = {name: value for name, value in settings.items() if name not in per_picture}
+    if drop_t5:  # the prompts go in as embeddings, encoded as a pipeline without T5 encodes them
+        from helpers.encoders import embeddings_without_t5
+
+        length, negative = shared.pop("max_sequence_length", None), shared.pop("negative_prompt", "")
     pipe.set_progress_bar_config(disable=True)
     pictures: list[Image.Image] = []
     starts = range(0, len(prompts), batch_size)
@@ -55,7 +60,12 @@ def generate_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_
         chunk = slice(start, start + batch_size)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[chunk]]
         arguments = {name: values[chunk] for name, values in per_picture.items()}
-        pictures += pipe(prompt=list(prompts[chunk]), generator=generators, **arguments, **shared).images
+        if drop_t5:
+            arguments.update(embeddings_without_t5(pipe, list(prompts[chunk]), max_sequence_length=length,
+                                                   negative_prompt=arguments.pop("negative_prompt", negative)))
+        else:
+            arguments["prompt"] = list(prompts[chunk])
+        pictures += pipe(generator=generators, **arguments, **shared).images
     return pictures
 
 

@@ -12,7 +12,6 @@ from helpers.encoders import (
     default_max_sequence_length,
     embeddings_without_t5,
     encoder_rows,
-    generate_without_t5,
     prompt_shapes,
     quiet_truncation_warnings,
     token_rows,
@@ -119,7 +118,8 @@ def test_embeddings_without_t5_equal_a_pipeline_loaded_without_t5(pipe):
     got = pipe(**zeros, generator=generators(), output_type="np", **steps).images
     np.testing.assert_array_equal(got, expected)
     # In batches, seeded like generate_batch: the same pictures as the pipeline without T5 makes.
-    batched = generate_without_t5(pipe, prompts * 2, [1, 2, 3, 4], batch_size=3, max_sequence_length=16, **steps)
+    batched = generate_batch(pipe, prompts * 2, [1, 2, 3, 4], batch_size=3, drop_t5=True, max_sequence_length=16,
+                             **steps)
     unbatched = generate_batch(dropped, prompts * 2, [1, 2, 3, 4], batch_size=1, max_sequence_length=16, **steps)
     for left, right in zip(batched, unbatched, strict=True):
         assert np.abs(np.asarray(left, dtype=int) - np.asarray(right, dtype=int)).max() <= 1

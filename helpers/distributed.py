@@ -199,11 +199,12 @@ class Journal:
 
 def work(plan_path: str | Path, launch: str) -> None:
     """Run by each process of `accelerate launch`: load the model on this process's device, then make this
-    process's share of the plan's images that are neither in the folder nor claimed by a running process."""
+    process's share of the plan's images that are neither in the folder nor claimed by a running process
+    (`generate` finds those already made, checked as `run_sweep` checks them)."""
     import torch
     from accelerate import PartialState
 
-    from helpers.experiments import _intact, generate, image_key, key_name, pipeline_fingerprint
+    from helpers.experiments import generate, image_key, key_name, pipeline_fingerprint
     from helpers.loading import load_pipeline
 
     state = PartialState(cpu=not torch.cuda.is_available())  # without a GPU: one CPU process each (gloo)
@@ -216,11 +217,7 @@ def work(plan_path: str | Path, launch: str) -> None:
     journal.write("loaded", device=device, seconds=time.time() - started, processes=state.num_processes)
     with state.split_between_processes(plan.settings()) as mine:
         for settings in mine:
-            key = image_key(pipe, plan.model, settings, fingerprint)
-            name = key_name(key)
-            if (plan.folder / name).is_file() and _intact(plan.folder / name, key):
-                journal.write("found", file=name)
-                continue
+            name = key_name(image_key(pipe, plan.model, settings, fingerprint))
             if not claim(plan.folder, name):
                 journal.write("left to another process", file=name)
                 continue

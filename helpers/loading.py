@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,11 +169,10 @@ class Route:
 
 def choose_route(spec: ModelSpec, card: Card, *, offload="auto", quantize="auto", t5="auto") -> Route | None:
     """The first of AUTO_ROUTES that fits `card` and agrees with every option that is not 'auto' (None: none)."""
-    from helpers.memory import fits_card, load_options
+    from helpers.memory import fits_card
 
     for name in AUTO_ROUTES:
-        options = load_options(name)
-        route = Route(name, options["offload"], options.get("quantize"), options.get("t5", "keep"))
+        route = route_of(name)
         asked = ((offload, route.offload), (quantize, route.quantize), (t5, route.t5))
         if all(value in ("auto", chosen) for value, chosen in asked) and fits_card(spec.name, name, card, spec.height):
             return route
@@ -197,6 +196,8 @@ def check_options(spec: ModelSpec, device: str, offload, quantize, t5) -> Route:
             f"t5={t5!r}): their weights cannot be moved layer by layer. Use offload='model' with quantization, "
             "or drop the quantization to use this offload."
         )
+    from helpers.memory import fits_card
+
     card = this_machine(device)
     if card is None or spec.is_stand_in or offload != "auto":
         if card is None and offload not in ("auto", None):
@@ -204,8 +205,6 @@ def check_options(spec: ModelSpec, device: str, offload, quantize, t5) -> Route:
         route = Route(None, None if offload == "auto" else offload, None if quantize == "auto" else quantize,
                       "keep" if t5 == "auto" else t5)
         strategy = None if card is None or spec.is_stand_in else _strategy_of(route)
-        from helpers.memory import fits_card
-
         if strategy is not None and not fits_card(spec.name, strategy, card, spec.height):
             raise _does_not_fit(spec, card, f"offload={offload!r}, quantize={quantize!r}, t5={t5!r}")
         return route
@@ -215,16 +214,19 @@ def check_options(spec: ModelSpec, device: str, offload, quantize, t5) -> Route:
     return route
 
 
+def route_of(strategy: str) -> Route:
+    """The load_pipeline options a strategy of helpers.memory stands for."""
+    from helpers.memory import load_options
+
+    options = load_options(strategy)
+    return Route(strategy, options["offload"], options.get("quantize"), options.get("t5", "keep"))
+
+
 def _strategy_of(route: Route) -> str | None:
     """The strategy of helpers.memory that loading options stand for (None: a combination it does not estimate)."""
-    from helpers.memory import STRATEGIES, load_options
+    from helpers.memory import STRATEGIES
 
-    wanted = {"offload": route.offload}
-    if route.quantize:
-        wanted["quantize"] = route.quantize
-    if route.t5 != "keep":
-        wanted["t5"] = route.t5
-    return next((name for name in STRATEGIES if load_options(name) == wanted), None)
+    return next((name for name in STRATEGIES if route_of(name) == replace(route, strategy=name)), None)
 
 
 def _does_not_fit(spec: ModelSpec, card: Card, options: str) -> MemoryError:

@@ -1,8 +1,8 @@
 """SD3's joint attention, with the two changes the series needs: fused q/k/v (notebook 03) and bounded memory on
 GPUs older than Ampere (notebook 02).
 
-On a T4 or V100, PyTorch's fused attention kernels do not take bf16, so attention falls back to PyTorch's math
-kernel, which stores every attention score in float32: measured on an H100 with that kernel forced, 6.3 GB more
+On a T4 or V100, PyTorch's fused attention kernels do not take bf16 (its memory-efficient kernel takes float16 and
+float32 there), so attention in bf16 falls back to PyTorch's math kernel, which stores every attention score in float32: measured on an H100 with that kernel forced, 6.3 GB more
 than fused attention for SD3.5 Medium at 1024x1024 and 11.4 GB more for Large (benchmarks/gpu_check/). Attending
 `QUERY_CHUNK` queries at a time stores the scores of one chunk only. Each query's softmax is its own, so the result
 is the same as one call.
@@ -103,10 +103,3 @@ def bound_attention_memory(pipe, query_chunk: int = QUERY_CHUNK) -> None:
             if isinstance(module, Attention):
                 module.set_processor(processor(query_chunk=query_chunk))
 
-
-def needs_bounded_attention(device) -> bool:
-    """True on a CUDA GPU without native bf16 (compute capability below 8.0: T4, V100)."""
-    import torch
-
-    return str(device).startswith("cuda") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported(
-        including_emulation=False)

@@ -235,14 +235,21 @@ def fuse_qkv_projections(transformer) -> None:
     queries and keys, which changes the images, and gives MMDiT-X's extra self-attention (SD3.5 Medium) a
     processor that fails. This keeps the normalisation and leaves the extra self-attention as it is.
     `unfuse_qkv_projections(transformer)` undoes it.
+    It keeps bounded attention where the route has it (512 queries at a time on GPUs without a fused kernel for the
+    dtype). An NF4 transformer cannot be fused: ValueError, before anything changes.
     """
     from helpers.attention import JointAttention
+    from helpers.quantization import count_4bit_layers
 
+    if count_4bit_layers(transformer):
+        raise ValueError("fuse_qkv_projections: this transformer is stored in NF4, whose packed 4-bit q, k and v blocks "
+                         "cannot be joined into one matrix. Load it with quantize=None to fuse, or leave it unfused.")
     if not any(hasattr(block.attn, "to_qkv") for block in transformer.transformer_blocks):  # fused already: keep
         transformer.original_attn_processors = transformer.attn_processors  # the processors from before
     for block in transformer.transformer_blocks:
+        chunk = getattr(block.attn.processor, "query_chunk", None)
         block.attn.fuse_projections(fuse=True)
-        block.attn.set_processor(JointAttention(fused=True))
+        block.attn.set_processor(JointAttention(fused=True, query_chunk=chunk))
 
 
 def unfuse_qkv_projections(transformer) -> None:
@@ -305,74 +312,39 @@ def flops_per_step(model: str, size: int = 1024, batch: int = 2, max_sequence_le
     return float(counter.get_total_flops())
 
 
-def random_weights_pipeline(model: str, device: str, dtype):
-    """The full-size SD3.5 pipeline with random weights, built directly on `device`.
-
-    Tokenizers come from the stand-in: their token ids are valid for the real vocabularies, and the pipeline pads
-    every prompt to the real lengths (77 CLIP tokens, 256 T5 tokens), so every tensor has its real shape.
-    """
-    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
-
-    from helpers.architecture import COMPONENTS, build_component, reference_config
-    from helpers.tiny import tiny_pipeline_dir
-
-    stand_in = StableDiffusion3Pipeline.from_pretrained(
-        tiny_pipeline_dir(), transformer=None, vae=None, text_encoder=None, text_encoder_2=None, text_encoder_3=None
-    )
-    # .to(dtype): diffusers builds the transformer's positional table in float32; a checkpoint loads it in `dtype`
-    parts = {part: build_component(model, part, device=device, dtype=dtype).to(dtype=dtype).eval()
-             for part in COMPONENTS}
-    return StableDiffusion3Pipeline(
-        **parts,
-        tokenizer=stand_in.tokenizer,
-        tokenizer_2=stand_in.tokenizer_2,
-        tokenizer_3=stand_in.tokenizer_3,
-        scheduler=FlowMatchEulerDiscreteScheduler(**reference_config("scheduler")),
-    )
-
-
 def load_for_bench(args: argparse.Namespace):
     """The pipeline a bench command asks for, after every check that can fail has passed."""
     import torch
 
-    from helpers.loading import apply_offload, check_options, default_device, default_dtype, load_pipeline
-    from helpers.quantization import quantize_linear_layers_nf4
+    from helpers.loading import load_pipeline
+    from helpers.routes import build_pipeline, fuse_refusal, plan_route
 
     if args.compile and args.offload:
         raise ValueError(f"--compile cannot be combined with --offload {args.offload}: the offload hooks move weights "
                          "between CPU and GPU inside the forward pass, which torch.compile(fullgraph=True) refuses to "
                          "trace (measured on an H100, benchmarks/gpu_check/). Time one or the other.")
-    if args.fuse_qkv and args.offload in ("sequential", "group"):
-        raise ValueError(f"--fuse-qkv cannot be combined with --offload {args.offload}: its hooks manage the separate "
-                         "q, k and v layers, and the fused layer that replaces them has none (it fails on a GPU, "
-                         "benchmarks/gpu_check/). Use --offload model, or no offload.")
-    if args.fuse_qkv and args.quantize:
-        raise ValueError("--fuse-qkv cannot be combined with --quantize nf4: fusing joins the q, k and v weight "
-                         "matrices into one, and NF4 stores them as packed 4-bit blocks that cannot be joined. "
-                         "Time one or the other.")
+    if args.fuse_qkv and fuse_refusal(args.quantize, args.offload):
+        raise ValueError(f"--fuse-qkv cannot be used here: {fuse_refusal(args.quantize, args.offload)}. Time one or "
+                         "the other.")
     spec = get_model(args.model)
-    device = default_device()
-    t5 = "drop" if args.drop_t5 else "keep"
-    offload = args.offload
-    route = check_options(spec, device, offload or "auto", args.quantize, t5)
-    use_offload = route.offload
-    if args.compile and not device.startswith("cuda"):
-        raise ValueError("--compile needs a CUDA GPU: on a CPU, compiling takes minutes and measures nothing useful.")
     if args.weights == "random" and spec.is_stand_in:
         raise ValueError("--weights random builds a full-size model; use it with --model large, large-turbo or medium.")
-    if args.weights == "random" and not device.startswith("cuda"):
+    options = {"offload": args.offload or "auto", "quantize": args.quantize, "t5": "drop" if args.drop_t5 else "keep"}
+    route = plan_route(spec, **options)
+    if args.fuse_qkv and route.cannot_fuse_qkv():
+        raise ValueError(f"--fuse-qkv cannot be used here: {route.cannot_fuse_qkv()}. Time one or the other.")
+    if args.compile and not route.device.startswith("cuda"):
+        raise ValueError("--compile needs a CUDA GPU: on a CPU, compiling takes minutes and measures nothing useful.")
+    if args.compile and route.dtype == "bfloat16" and not route.machine.bf16_tensor_cores:
+        raise ValueError(f"--compile in bfloat16 on the {route.machine.gpu}: inductor skips bf16 on GPUs without bf16 "
+                         "(compute capability below 8.0), so nothing would be compiled. Leave the dtype to the route "
+                         "(float16 there).")
+    if args.weights == "random" and not route.device.startswith("cuda"):
         raise ValueError("--weights random needs a CUDA GPU: a full-size model with random weights is for GPU timing.")
     if args.weights == "random":
-        pipe = random_weights_pipeline(spec.name, device, default_dtype(device))
-        if args.drop_t5:
-            pipe.register_modules(text_encoder_3=None, tokenizer_3=None)
-        if args.quantize:
-            quantize_linear_layers_nf4(pipe.transformer, compute_dtype=pipe.dtype)
-        if use_offload is not None:
-            pipe.to("cpu")
-            apply_offload(pipe, use_offload, device)
+        pipe = build_pipeline(route, weights="random")
     else:
-        pipe = load_pipeline(spec, offload=offload or "auto", quantize=args.quantize, t5=t5)
+        pipe = load_pipeline(spec, **options)
     if args.fuse_qkv:
         fuse_qkv_projections(pipe.transformer)
     if args.compile:

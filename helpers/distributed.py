@@ -417,31 +417,32 @@ def folder_report(plan: Plan) -> dict[str, int]:
 # --- Memory on a multi-GPU machine ----------------------------------------------------------------------------------
 
 
-def per_gpu_rows(models: Sequence[str], *, gpus: int, gpu_gb: float, host_gb: float,
-                 fused_bf16_attention: bool = True) -> list[dict[str, Any]]:
-    """For a machine with `gpus` GPUs of `gpu_gb` and `host_gb` of RAM, running one process per GPU: the route
-    `load_pipeline` takes in each process (each gets 1/`gpus` of the RAM), its estimated peak GPU memory, and the
-    RAM all processes hold together (helpers.memory's estimates)."""
-    from helpers.loading import choose_route
-    from helpers.memory import STRATEGIES, Card, estimate
+def per_gpu_rows(models: Sequence[str], machine: str = "sagemaker-g5-12xlarge") -> list[dict[str, Any]]:
+    """For a catalogue machine (helpers.machines) running one process per GPU: the route `load_pipeline` takes in
+    each process (each gets 1/N of the RAM), its estimated peak GPU memory, and the RAM all processes hold
+    together (helpers.memory's estimates)."""
+    from helpers.machines import get_machine
+    from helpers.memory import STRATEGIES, estimate_on
     from helpers.models import get_model
+    from helpers.routes import plan_route
 
-    card = Card(gpu_gb, fused_bf16_attention=fused_bf16_attention, host_gb=host_gb / gpus)
+    whole = get_machine(machine)
+    share = whole.share(whole.gpus)
     rows = []
     for name in models:
         spec = get_model(name)
-        route = choose_route(spec, card)
-        if route is None:
+        try:
+            route = plan_route(spec, machine=share)
+        except MemoryError:
             rows.append({"model": spec.title, "route in each process": "nothing fits", "GPU peak per process": "-",
                          "RAM, all processes": "-"})
             continue
-        result = estimate(spec.name, route.strategy, spec.height,
-                          "fused" if fused_bf16_attention else "math")
+        result = estimate_on(spec.name, route.strategy, share, spec.height, vae_tiling=route.vae_tiling)
         rows.append({
             "model": spec.title,
             "route in each process": STRATEGIES[route.strategy].description,
-            "GPU peak per process": f"{result.peak_gb:.1f} GB of {gpu_gb:g}",
-            "RAM, all processes": f"{result.host_gb * gpus:.0f} GB of {host_gb:.0f}",
+            "GPU peak per process": f"{result.peak_gb:.1f} GB of {whole.gpu_gb:g}",
+            "RAM, all processes": f"{result.host_gb * whole.gpus:.0f} GB of {whole.host_gb:.0f}",
         })
     return rows
 

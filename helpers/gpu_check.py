@@ -66,6 +66,10 @@ CHECKS = (
     Check("medium-group-offload", "SD3.5 Medium with group offload (one block, CUDA stream)", True, 45),
     Check("medium-sequential-offload", "SD3.5 Medium with sequential CPU offload", True, 45),
     Check("compile", "torch.compile through python -m helpers.bench, alone and with model offload", False, 30),
+    Check("t4-vae-decode", "the VAE decode at 1024x1024 as a T4 runs it: bf16 without cuDNN, float16 with it",
+          True, 30),
+    Check("fp16", "SD3.5 Medium and Large at full size in float16 (time and memory)", True, 60),
+    Check("catalogue-routes", "each catalogue machine's route, at full size, in that machine's GPU memory", True, 90),
 )
 
 
@@ -167,11 +171,11 @@ def check_stand_in_loading(recorder: Recorder) -> None:
     again as image-to-image and inpainting through `from_pipe`."""
     from PIL import Image
 
-    from helpers.loading import OFFLOAD_CHOICES, check_options, default_device, load_pipeline
+    from helpers.loading import load_pipeline
     from helpers.models import get_model
-    from helpers.quantization import QUANTIZE_CHOICES, T5_CHOICES
+    from helpers.routes import OFFLOAD_CHOICES, QUANTIZE_CHOICES, T5_CHOICES, plan_route
 
-    spec, device = get_model("tiny"), default_device()
+    spec = get_model("tiny")
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
     chosen = [[choice for choice in choices if choice != "auto"] for choices in (QUANTIZE_CHOICES, T5_CHOICES)]
@@ -179,7 +183,7 @@ def check_stand_in_loading(recorder: Recorder) -> None:
         options = {"offload": offload, "quantize": quantize, "t5": t5}
         with recorder.case(f"offload={offload} quantize={quantize} t5={t5}", **options) as record:
             try:
-                record["offload_used"] = check_options(spec, device, offload, quantize, t5).offload
+                record["offload_used"] = plan_route(spec, **options).offload
             except (ValueError, MemoryError) as refusal:
                 record.update(status="refused", error=_describe(refusal))
                 continue
@@ -247,12 +251,12 @@ def check_compile(recorder: Recorder) -> None:
 # --- full-size checks (CUDA only) ------------------------------------------------------------------------------
 
 
-def _full_size(model: str):
-    import torch
+def _full_size(model: str, **options):
+    """A full-size pipeline with random weights, through the route `options` give on this GPU (helpers.routes)."""
+    from helpers.routes import build_pipeline, plan_route
 
-    from helpers.bench import random_weights_pipeline
-
-    return random_weights_pipeline(model, "cuda", torch.bfloat16)
+    options = {"offload": None, "quantize": None, "t5": "keep", "dtype": "bfloat16", **options}
+    return build_pipeline(plan_route(model, **options), weights="random")
 
 
 def _estimate(model: str, strategy, attention: str = "fused"):
@@ -340,28 +344,12 @@ def check_large(recorder: Recorder) -> None:
                                   warmup=1), _estimate("large", Strategy("", transformer="nf4", t5="drop")))
 
 
-def _offloaded(model: str, offload: str, *, nf4: bool = False):
-    """A full-size pipeline built on the GPU, moved to CPU memory, then offloaded as `helpers.loading` does."""
-    import torch
-
-    from helpers.loading import apply_offload
-    from helpers.quantization import quantize_linear_layers_nf4
-
-    pipe = _full_size(model)
-    if nf4:
-        quantize_linear_layers_nf4(pipe.transformer, compute_dtype=torch.bfloat16)
-    pipe.to("cpu")
-    _free_memory()
-    apply_offload(pipe, offload, "cuda")
-    return pipe
-
-
 def _offload_check(model: str, offload: str, strategy: str, *, nf4: bool = False, steps: int = MEMORY_STEPS):
     def check(recorder: Recorder) -> None:
         from helpers.models import get_model
 
         with recorder.case("build, move to CPU memory, offload") as record:
-            pipe = _offloaded(model, offload, nf4=nf4)
+            pipe = _full_size(model, offload=offload, quantize="nf4" if nf4 else None)
             record["host_rss_gb"] = round(_rss_bytes() / 1e9, 2)
             record["gpu_allocated_gb"] = round(_allocated_gb(), 2)
         with recorder.case(f"{offload} offload", model=model) as record:
@@ -369,6 +357,85 @@ def _offload_check(model: str, offload: str, strategy: str, *, nf4: bool = False
                                       runs=1, warmup=1), _estimate(model, strategy))
 
     return check
+
+
+def check_t4_vae_decode(recorder: Recorder) -> None:
+    """The VAE decode at 1024x1024 as a T4 runs it: bf16 without cuDNN (im2col), and float16 with cuDNN."""
+    import torch
+
+    from helpers.architecture import build_component
+    from helpers.memory import activations, breakdown, im2col_bytes
+
+    latents = {}
+    for dtype, cudnn in (("bfloat16", False), ("float16", True), ("bfloat16", True)):
+        with recorder.case(f"VAE decode, {dtype}, cuDNN {'on' if cudnn else 'off'}", dtype=dtype) as record:
+            vae = build_component("large", "vae", device="cuda", dtype=getattr(torch, dtype)).eval()
+            latents = torch.randn(1, 16, SIZE // 8, SIZE // 8, device="cuda", dtype=getattr(torch, dtype))
+            previous = torch.backends.cudnn.enabled
+            torch.backends.cudnn.enabled = cudnn
+            try:
+                with torch.no_grad():
+                    vae.decode(latents)  # warm-up
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    start = time.perf_counter()
+                    vae.decode(latents)
+                    torch.cuda.synchronize()
+            finally:
+                torch.backends.cudnn.enabled = previous
+            weights = breakdown("large", "vae").bytes("bf16")
+            record.update(median_s=round(time.perf_counter() - start, 3), steps=0, size=SIZE,
+                          gpu_peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2),
+                          working_estimate_gb=round(activations("large", SIZE, convolutions="cudnn" if cudnn else
+                                                                "im2col").vae_decode / 1e9, 2),
+                          weights_gb=round(weights / 1e9, 2), im2col_largest_gb=round(im2col_bytes(SIZE) / 1e9, 2))
+            del vae, latents
+
+
+def check_fp16(recorder: Recorder) -> None:
+    """Full-size Medium and Large in float16 (random weights: time and memory only, nothing about NaNs)."""
+    from helpers.models import get_model
+
+    for model, steps in (("medium", STEPS), ("large", STEPS)):
+        with recorder.case("float16 on the GPU", model=model) as record:
+            pipe = _full_size(model, dtype="float16")
+            _measured(record, measure(pipe, steps=steps, size=SIZE, guidance_scale=get_model(model).guidance_scale,
+                                      runs=1, warmup=1), _estimate(model, "gpu"))
+            del pipe
+
+
+def check_catalogue_routes(recorder: Recorder) -> None:
+    """Each catalogue machine's route for Large and Medium, built at full size on this GPU with its memory capped
+    at that machine's (set_per_process_memory_fraction): 2 steps, peak against the estimate."""
+    from dataclasses import replace
+
+    import torch
+
+    from helpers.machines import MACHINES
+    from helpers.memory import estimate_on
+    from helpers.models import get_model
+    from helpers.routes import build_pipeline, plan_route
+
+    total = torch.cuda.get_device_properties(0).total_memory / 1e9
+    for machine in MACHINES.values():
+        if machine.gpu_gb > total:
+            continue
+        for model in ("large", "medium"):
+            with recorder.case(f"{machine.name} route", model=model, machine=machine.name) as record:
+                route = replace(plan_route(model, machine=machine), emulated=False, device="cuda")
+                record.update(strategy=route.strategy, route=route.describe())
+                if route.offload:
+                    record["status"] = "skipped: offload routes are measured by their own checks"
+                    continue
+                torch.cuda.set_per_process_memory_fraction(min(1.0, machine.gpu_gb / total))
+                try:
+                    pipe = build_pipeline(route, weights="random")
+                    _measured(record, measure(pipe, steps=MEMORY_STEPS, size=SIZE,
+                                              guidance_scale=get_model(model).guidance_scale, warmup=1),
+                              estimate_on(model, route.strategy, machine, SIZE, vae_tiling=route.vae_tiling))
+                    del pipe
+                finally:
+                    torch.cuda.set_per_process_memory_fraction(1.0)
 
 
 def _rss_bytes() -> int:
@@ -387,6 +454,9 @@ RUNNERS: dict[str, Callable[[Recorder], None]] = {
     "medium-group-offload": _offload_check("medium", "group", "group-offload"),
     "medium-sequential-offload": _offload_check("medium", "sequential", "sequential-offload"),
     "compile": check_compile,
+    "t4-vae-decode": check_t4_vae_decode,
+    "fp16": check_fp16,
+    "catalogue-routes": check_catalogue_routes,
 }
 
 

@@ -1,13 +1,15 @@
-"""Where an SD3.5 pipeline's GPU memory goes, and which loading strategy fits which GPU.
+"""Where an SD3.5 pipeline's GPU memory goes, and which loading strategy fits which machine.
 
-Introduced in notebook 02. Weight sizes are exact: every tensor of the full-size models is counted on the `meta`
+Introduced in notebook 02. Machines come from helpers.machines; the estimates follow the dtype a machine computes
+in (bf16, or float16 below compute capability 8.0) and the kernels it has for it. Weight sizes are exact: every tensor of the full-size models is counted on the `meta`
 device, and the bytes of each storage format follow bitsandbytes' layouts. Working memory is estimated from tensor
 shapes, with the two terms that dominate it (the VAE decode, and attention on GPUs without fused bf16 kernels)
 calibrated on an H100 by `python -m helpers.gpu_check` (benchmarks/gpu_check/). GPU figures estimate
 `torch.cuda.max_memory_allocated()`: what nvidia-smi shows adds the CUDA context on top. Host figures estimate the
 Python process's largest resident memory (RSS), which CPU offload fills with the weights it keeps there.
 
-    python -m helpers.memory --model large [--size 1024] [--gpu-gb 16 --host-gb 12.7 --no-fused-attention] [--json]
+    python -m helpers.memory --model large [--size 1024] [--machine colab-t4 | --gpu-gb 16 --host-gb 12.7
+                             --compute-capability 7.5] [--json]
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 
 from helpers.architecture import stored_tensors
+from helpers.machines import MACHINES, Machine, get_machine
 from helpers.models import check_side, get_model
 
 FORMATS = ("fp32", "bf16", "fp16", "int8", "nf4")
@@ -31,34 +34,13 @@ NF4_BLOCK = 64
 # Everything that is not an nn.Linear (embeddings, norms, convolutions, biases, buffers) stays in bf16.
 UNQUANTIZED_LINEAR_SUFFIXES = {"text_encoder_3": (".wo",)}
 QUANTIZABLE = ("transformer", "text_encoder_3")
+FLOAT32_IN_FLOAT16 = {"text_encoder_3": (".wo",)}
+"""Layers transformers keeps in float32 when a model loads in float16 (T5's `_keep_in_fp32_modules`; in bf16 they
+stay bf16): `transformers/modeling_utils.py`, the dtype plan."""
+STORAGE_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 
-@dataclass(frozen=True)
-class Card:
-    """A GPU as readers get it: its memory, whether PyTorch has fused bf16 attention kernels for it, and the host
-    memory of the machine it comes with (None where machines differ)."""
-
-    memory_gb: float
-    fused_bf16_attention: bool = True
-    host_gb: float | None = None
-
-    @property
-    def attention(self) -> str:
-        """The attention the helpers run on this card: fused kernels, or bounded math (helpers.attention)."""
-        return "fused" if self.fused_bf16_attention else "bounded"
-
-
-GPUS = {
-    "Colab T4": Card(16, fused_bf16_attention=False, host_gb=12.7),
-    "L4": Card(24),
-    "A10G, 16 GiB host": Card(24, host_gb=17.2),
-    "A10G, 32 GiB host": Card(24, host_gb=34.4),
-    "A100 40GB": Card(40),
-    "A100/H100 80GB": Card(80),
-}
-"""Cards readers use, by nominal memory. T4 (compute capability 7.5) predates bf16 tensor cores. Hosts: free Colab's
-T4 machine has 12.7 GB of RAM; SageMaker's ml.g5.xlarge and ml.g5.2xlarge (A10G) have 16 and 32 GiB."""
 RESERVE_GB = 1.5
 """Assumed unusable part of a card (CUDA context, driver, allocator fragmentation): an assumption, not measured."""
 HOST_RESERVE_GB = 1.0
@@ -79,57 +61,75 @@ HOST_COPIES = {"none": 0.0, "embeddings-once": 0.0, "model": 1.26, "sequential":
 sequential and group offload, NF4 Large with model offload). Model offload copies each part back to fresh CPU memory
 after every image; group offload with a CUDA stream also pins a copy for fast transfers."""
 ATTENTION_KINDS = ("fused", "math", "bounded")
-
-OFFLOAD_MODES = ("none", "model", "sequential", "group", "embeddings-once")
+CONVOLUTION_KINDS = ("cudnn", "im2col")
+OFFLOAD_MODES = (None, "model", "sequential", "group", "embeddings-once")
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """A way to load a pipeline: how the transformer and T5 are stored, and what is offloaded."""
+    """A way to load a pipeline, in load_pipeline's words: the transformer's storage (`quantize`: None keeps the
+    route's 16-bit dtype, 'nf4'), T5's (`t5`: 'keep', 'drop', 'nf4', 'int8') and what is offloaded (`offload`: None,
+    'model', 'sequential', 'group'; 'embeddings-once' is estimated only)."""
 
     description: str
-    transformer: str = "bf16"
-    t5: str = "bf16"
-    """bf16, int8, nf4, or 'drop' (text_encoder_3=None)"""
-    offload: str = "none"
+    quantize: str | None = None
+    t5: str = "keep"
+    offload: str | None = None
 
 
 STRATEGIES = {
-    "gpu": Strategy("everything on the GPU in bf16"),
+    "gpu": Strategy("everything on the GPU, in 16 bits"),
     "model-offload": Strategy("model CPU offload: one whole model on the GPU at a time", offload="model"),
     "sequential-offload": Strategy("sequential CPU offload: one layer on the GPU at a time", offload="sequential"),
     "group-offload": Strategy("group offload: one block of each model at a time, from CPU memory", offload="group"),
     "no-t5": Strategy("T5 dropped (text_encoder_3=None), the rest on the GPU", t5="drop"),
     "t5-int8": Strategy("T5 in 8-bit, the rest on the GPU", t5="int8"),
     "t5-nf4": Strategy("T5 in NF4, the rest on the GPU", t5="nf4"),
-    "nf4": Strategy("transformer in NF4, everything on the GPU", transformer="nf4"),
-    "nf4-model-offload": Strategy("transformer in NF4 with model CPU offload (the seed's setup)", transformer="nf4",
+    "nf4": Strategy("transformer in NF4, everything on the GPU", quantize="nf4"),
+    "nf4-model-offload": Strategy("transformer in NF4 with model CPU offload (the seed's setup)", quantize="nf4",
                                   offload="model"),
-    "nf4-t5-nf4": Strategy("transformer and T5 in NF4, everything on the GPU", transformer="nf4", t5="nf4"),
+    "nf4-t5-nf4": Strategy("transformer and T5 in NF4, everything on the GPU", quantize="nf4", t5="nf4"),
+    "nf4-no-t5": Strategy("transformer in NF4, T5 dropped, the rest on the GPU", quantize="nf4", t5="drop"),
     "embeddings-once": Strategy("prompt encoded first, text encoders freed, then transformer and VAE",
                                 offload="embeddings-once"),
 }
 
 
+def strategy_named(options: dict) -> str | None:
+    """The name in STRATEGIES of these load_pipeline options (quantize, t5, offload), or None."""
+    wanted = Strategy("", options.get("quantize"), options.get("t5", "keep"), options.get("offload"))
+    return next((name for name, strategy in STRATEGIES.items() if replace(strategy, description="") == wanted), None)
+
+
 @dataclass(frozen=True)
 class Breakdown:
-    """A component's tensors split into what a quantizer converts and what it leaves in bf16."""
+    """A component's tensors split into what a quantizer converts and what it leaves in 16 bits, and the values
+    that load in float32 when the model loads in float16."""
 
     quantizable_values: int
     quantizable_rows: int
     other_values: int
+    float32_in_float16: int = 0
+    """Of other_values: those kept in float32 by transformers in a float16 load (T5's `wo`)."""
 
     def bytes(self, storage: str) -> int:
-        """Bytes of the component's weights when the quantizable layers are stored as `storage`."""
+        """Bytes of the component's weights when the quantizable layers are stored as `storage`, the rest in 16
+        bits (in fp16 loads, float32 where transformers keeps it)."""
         if storage not in FORMATS:
             raise ValueError(f"storage={storage!r} is not a format. Use one of: {', '.join(FORMATS)}.")
         if storage in FLOAT_BYTES:
-            return (self.quantizable_values + self.other_values) * FLOAT_BYTES[storage]
+            total = (self.quantizable_values + self.other_values) * FLOAT_BYTES[storage]
+            return total + (self.float32_in_float16 * 2 if storage == "fp16" else 0)
         if storage == "nf4":
             quantized = self.quantizable_values // 2 + -(-self.quantizable_values // NF4_BLOCK) * 4
         else:  # int8: one byte per weight plus one float32 scale per output row (LLM.int8)
             quantized = self.quantizable_values + self.quantizable_rows * 4
         return quantized + self.other_values * FLOAT_BYTES["bf16"]
+
+    def quantized_bytes(self, storage: str, dtype: str) -> int:
+        """`bytes(storage)` for a quantized load in `dtype`: the unquantized rest in that dtype."""
+        extra = self.float32_in_float16 * 2 if dtype == "float16" else 0
+        return self.bytes(storage) + extra
 
 
 def breakdown_module(component: str, module) -> Breakdown:
@@ -137,17 +137,21 @@ def breakdown_module(component: str, module) -> Breakdown:
     import torch
 
     skipped = UNQUANTIZED_LINEAR_SUFFIXES.get(component, ())
-    quantizable_values = quantizable_rows = 0
+    upcast = FLOAT32_IN_FLOAT16.get(component, ())
+    quantizable_values = quantizable_rows = float32_values = 0
     counted: set[int] = set()
-    if component in QUANTIZABLE:
-        for name, layer in module.named_modules():
-            if type(layer) is torch.nn.Linear and not name.endswith(skipped):
-                quantizable_values += layer.weight.numel()
-                quantizable_rows += layer.out_features
-                counted.add(id(layer.weight))
+    for name, layer in module.named_modules():
+        if type(layer) is not torch.nn.Linear:
+            continue
+        if component in QUANTIZABLE and not name.endswith(skipped):
+            quantizable_values += layer.weight.numel()
+            quantizable_rows += layer.out_features
+            counted.add(id(layer.weight))
+        elif upcast and name.endswith(upcast):
+            float32_values += sum(p.numel() for p in layer.parameters())
     parameters, buffers = stored_tensors(module)
     other_values = sum(t.numel() for t in parameters + buffers if id(t) not in counted)
-    return Breakdown(quantizable_values, quantizable_rows, other_values)
+    return Breakdown(quantizable_values, quantizable_rows, other_values, float32_values)
 
 
 @cache
@@ -160,14 +164,44 @@ def breakdown(model: str, component: str) -> Breakdown:
 
 @dataclass(frozen=True)
 class Activations:
-    """Estimated working memory (bytes, bf16) of each stage, for one image of `size` x `size` with CFG."""
+    """Estimated working memory (bytes) of each stage, for one image of `size` x `size` with CFG."""
 
     text_encoding: int
     denoising: int
     vae_decode: int
 
 
-def activations(model: str, size: int = 1024, max_sequence_length: int = 256, attention: str = "fused") -> Activations:
+@cache
+def im2col_bytes(size: int, bytes_per_value: int = 2) -> int:
+    """The largest column buffer of the SD3 VAE decoder at `size` x `size` where cuDNN does not run its
+    convolutions (bf16 below compute capability 8.0): PyTorch's fallback (`slow_conv2d_forward`,
+    aten/src/ATen/native/cuda/ConvolutionMM2d.cu) allocates in_channels x kernel area x output pixels values for
+    each convolution that is not 1x1. Counted on the meta device, one image."""
+    import torch
+
+    from helpers.architecture import meta_component
+
+    vae = meta_component("large", "vae")
+    largest = [0]
+
+    def record(layer, inputs, output):
+        if layer.kernel_size != (1, 1):
+            area = layer.kernel_size[0] * layer.kernel_size[1]
+            largest[0] = max(largest[0], layer.in_channels * area * output.shape[-2] * output.shape[-1])
+
+    hooks = [layer.register_forward_hook(record) for layer in vae.decoder.modules()
+             if isinstance(layer, torch.nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            vae.decoder(torch.empty(1, vae.config.latent_channels, size // 8, size // 8, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return largest[0] * bytes_per_value
+
+
+def activations(model: str, size: int = 1024, max_sequence_length: int = 256, attention: str = "fused",
+                convolutions: str = "cudnn") -> Activations:
     """Estimate each stage's live activations from tensor shapes.
 
     - Denoising: one transformer block holds about 15 tensors of tokens x hidden size (residual stream, norms,
@@ -175,7 +209,9 @@ def activations(model: str, size: int = 1024, max_sequence_length: int = 256, at
       MMDiT-X blocks add q, k, v again. `attention`: 'fused' kernels never store the tokens x tokens matrix;
       'math' does, in float32 (MATH_ATTENTION_BYTES_PER_SCORE); 'bounded' (helpers.attention) does for one chunk
       of queries at a time.
-    - VAE decode: VAE_DECODE_BYTES_PER_PIXEL, measured.
+    - VAE decode: VAE_DECODE_BYTES_PER_PIXEL, measured with cuDNN; with `convolutions='im2col'` (bf16 below compute
+      capability 8.0) the largest column buffer comes on top (`im2col_bytes`, inferred from PyTorch's source, not
+      measured).
     - Text encoding: T5's feed-forward (3 tensors of tokens x d_ff), batch 2.
     """
     from helpers.architecture import reference_config
@@ -183,6 +219,9 @@ def activations(model: str, size: int = 1024, max_sequence_length: int = 256, at
 
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"attention={attention!r} is not an attention kind. Use one of: {', '.join(ATTENTION_KINDS)}.")
+    if convolutions not in CONVOLUTION_KINDS:
+        raise ValueError(f"convolutions={convolutions!r} is not a convolution kind. Use one of: "
+                         f"{', '.join(CONVOLUTION_KINDS)}.")
     spec = get_model(model)
     transformer = reference_config(spec.transformer_config)
     t5 = reference_config("text_encoder_3-t5xxl")
@@ -198,6 +237,8 @@ def activations(model: str, size: int = 1024, max_sequence_length: int = 256, at
         queries = tokens if attention == "math" else min(tokens, QUERY_CHUNK)
         denoising += MATH_ATTENTION_BYTES_PER_SCORE * batch * transformer["num_attention_heads"] * queries * tokens
     vae_decode = VAE_DECODE_BYTES_PER_PIXEL * size * size
+    if convolutions == "im2col":
+        vae_decode += im2col_bytes(size)
     if attention != "fused":  # the VAE's own attention: one head over every latent pixel, batch 1
         latent_pixels = (size // 8) ** 2
         queries = latent_pixels if attention == "math" else min(latent_pixels, QUERY_CHUNK)
@@ -224,15 +265,25 @@ def _gb(value: int) -> float:
     return round(value / 1e9, 2)
 
 
-def weights(model: str, strategy: Strategy) -> dict[str, int]:
-    """Bytes of each component's weights under `strategy` (T5 dropped: 0)."""
+def weights(model: str, strategy: Strategy, dtype: str = "bfloat16") -> dict[str, int]:
+    """Bytes of each component's weights under `strategy`, loaded in `dtype` (T5 dropped: 0). In float16, T5's
+    `wo` layers load in float32, as transformers does it."""
     from helpers.architecture import COMPONENTS
 
-    storage = {"transformer": strategy.transformer, "text_encoder_3": strategy.t5}
-    return {
-        part: 0 if storage.get(part) == "drop" else breakdown(model, part).bytes(storage.get(part, "bf16"))
-        for part in COMPONENTS
-    }
+    storage = STORAGE_OF_DTYPE.get(dtype)
+    if storage is None:
+        raise ValueError(f"dtype={dtype!r} is not a dtype. Use one of: {', '.join(STORAGE_OF_DTYPE)}.")
+    sizes = {}
+    for part in COMPONENTS:
+        chosen = {"transformer": strategy.quantize, "text_encoder_3": {"keep": None}.get(strategy.t5, strategy.t5)}
+        kind = chosen.get(part)
+        if kind == "drop":
+            sizes[part] = 0
+        elif kind is None:
+            sizes[part] = breakdown(model, part).bytes(storage)
+        else:
+            sizes[part] = breakdown(model, part).quantized_bytes(kind, dtype)
+    return sizes
 
 
 @cache
@@ -269,10 +320,15 @@ def _buffer_bytes(model: str) -> int:
     return 2 * sum(buffer.numel() for part in COMPONENTS for buffer in meta_component(model, part).buffers())
 
 
-def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: str = "fused") -> Estimate:
+
+
+def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: str = "fused",
+             dtype: str = "bfloat16", convolutions: str = "cudnn") -> Estimate:
     """Estimated peak GPU memory and host memory of `model` loaded with `strategy` (a name in STRATEGIES) at
-    `size` x `size`, one image with classifier-free guidance. `attention`: 'fused' (Ampere and newer), 'bounded'
-    (what the helpers run on older GPUs), or 'math' (PyTorch's own fallback on them)."""
+    `size` x `size` in `dtype`, one image with classifier-free guidance. `attention`: 'fused' (a fused kernel for
+    the dtype), 'bounded' (what the helpers run where there is none), or 'math' (PyTorch's own fallback);
+    `convolutions`: 'cudnn' or 'im2col' (bf16 below compute capability 8.0). `estimate_on` takes both from a
+    machine."""
     spec = get_model(model)
     if spec.is_stand_in:
         raise ValueError(f"model={spec.name!r} is an offline model; estimate a full-size model: large, large-turbo or "
@@ -282,14 +338,14 @@ def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: 
             raise ValueError(f"strategy={strategy!r} is not a strategy. Use one of: {', '.join(STRATEGIES)}.")
         name, strategy = strategy, STRATEGIES[strategy]
     else:
-        name = "custom"
+        name = strategy_named({"quantize": strategy.quantize, "t5": strategy.t5, "offload": strategy.offload}) or "custom"
     if strategy.offload not in OFFLOAD_MODES:
-        raise ValueError(f"offload={strategy.offload!r} is not an offload mode: {', '.join(OFFLOAD_MODES)}.")
+        raise ValueError(f"offload={strategy.offload!r} is not an offload mode: {', '.join(map(str, OFFLOAD_MODES))}.")
     check_side("size", size)
-    act = activations(spec.name, size, attention=attention)
-    w = weights(spec.name, strategy)
+    act = activations(spec.name, size, attention=attention, convolutions=convolutions)
+    w = weights(spec.name, strategy, dtype)
     text = [part for part in ("text_encoder", "text_encoder_2", "text_encoder_3") if w[part]]
-    if strategy.offload == "none":
+    if strategy.offload is None:
         on_gpu = {stage: sum(w.values()) for stage in ("text encoding", "denoising", "VAE decode")}
     elif strategy.offload == "model":
         # diffusers chains the hooks text_encoder -> text_encoder_2 -> text_encoder_3 -> transformer: a part leaves
@@ -309,7 +365,7 @@ def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: 
                   "VAE decode": w["transformer"] + w["vae"]}
     working = {"text encoding": act.text_encoding, "denoising": act.denoising, "VAE decode": act.vae_decode}
     stage = max(on_gpu, key=lambda s: on_gpu[s] + working[s])
-    host = HOST_BASE_GB + HOST_COPIES[strategy.offload] * sum(w.values()) / 1e9
+    host = HOST_BASE_GB + HOST_COPIES[strategy.offload or "none"] * sum(w.values()) / 1e9
     return Estimate(
         strategy=name,
         description=strategy.description,
@@ -321,6 +377,23 @@ def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: 
     )
 
 
+def kernels(machine: Machine, dtype: str | None = None, vae_tiling: bool = False) -> dict[str, str]:
+    """The attention and convolution kinds a machine runs in `dtype` (default: the dtype it computes in), with the
+    helpers' bounded attention where it has no fused kernel. VAE tiling decodes in tiles, whose column buffers are
+    small: cuDNN's figure then stands."""
+    dtype = dtype or machine.dtype
+    return {"attention": "fused" if machine.fused_attention(dtype) else "bounded",
+            "convolutions": "cudnn" if machine.cudnn_convolutions(dtype) or vae_tiling else "im2col"}
+
+
+def estimate_on(model: str, strategy: str | Strategy, machine: str | Machine, size: int = 1024,
+                dtype: str | None = None, vae_tiling: bool = False) -> Estimate:
+    """`estimate` with the dtype and kernels of `machine` (a name in helpers.machines.MACHINES, or a Machine)."""
+    machine = get_machine(machine)
+    dtype = dtype or machine.dtype
+    return estimate(model, strategy, size, dtype=dtype, **kernels(machine, dtype, vae_tiling))
+
+
 def fits(peak_gb: float, gpu_gb: float) -> bool:
     """Whether an estimated peak fits a card of `gpu_gb` GB, keeping RESERVE_GB free."""
     if gpu_gb <= 0:
@@ -328,42 +401,45 @@ def fits(peak_gb: float, gpu_gb: float) -> bool:
     return peak_gb + RESERVE_GB <= gpu_gb
 
 
-def fits_card(model: str, strategy: str | Strategy, card: Card, size: int = 1024) -> bool:
-    """Whether `strategy` fits `card`: its GPU peak (with the attention the card gets) and, where the card's host is
+def fits_machine(model: str, strategy: str | Strategy, machine: str | Machine, size: int = 1024,
+                 dtype: str | None = None, vae_tiling: bool = False) -> bool:
+    """Whether `strategy` fits `machine`: its GPU peak (with the kernels it has for the dtype) and, where its RAM is
     known, the host memory, each keeping its reserve free."""
-    result = estimate(model, strategy, size, card.attention)
-    host_ok = card.host_gb is None or result.host_gb + HOST_RESERVE_GB <= card.host_gb
-    return fits(result.peak_gb, card.memory_gb) and host_ok
+    machine = get_machine(machine)
+    result = estimate_on(model, strategy, machine, size, dtype, vae_tiling)
+    host_ok = machine.host_gb is None or result.host_gb + HOST_RESERVE_GB <= machine.host_gb
+    return fits(result.peak_gb, machine.gpu_gb) and host_ok
 
 
-def load_options(strategy: str | Strategy) -> dict[str, str]:
-    """The `load_pipeline` arguments of a strategy (only those that differ from the defaults)."""
+def load_options(strategy: str | Strategy) -> dict[str, str | None]:
+    """The `load_pipeline` arguments of a strategy (quantize and t5 only where they differ from the defaults)."""
     strategy = STRATEGIES[strategy] if isinstance(strategy, str) else strategy
-    options = {}
-    if strategy.transformer == "nf4":
-        options["quantize"] = "nf4"
-    if strategy.t5 != "bf16":
+    options: dict[str, str | None] = {}
+    if strategy.quantize:
+        options["quantize"] = strategy.quantize
+    if strategy.t5 != "keep":
         options["t5"] = strategy.t5
-    options["offload"] = None if strategy.offload == "none" else strategy.offload
+    options["offload"] = strategy.offload
     return options
 
 
-def routes_that_fit(model: str, card: Card, size: int = 1024) -> list[str]:
-    """The strategies `load_pipeline` can load that fit `card`, in the order of STRATEGIES."""
+def routes_that_fit(model: str, machine: str | Machine, size: int = 1024, dtype: str | None = None) -> list[str]:
+    """The strategies `load_pipeline` can load that fit `machine`, in the order of STRATEGIES."""
     return [name for name, strategy in STRATEGIES.items()
-            if strategy.offload != "embeddings-once" and fits_card(model, name, card, size)]
+            if strategy.offload != "embeddings-once" and fits_machine(model, name, machine, size, dtype)]
 
 
-def fit_table(model: str, size: int = 1024, gpus: dict[str, Card] | None = None) -> list[dict]:
-    """One row per strategy: estimated GPU peak (fused attention) and host memory, and which cards it fits."""
-    gpus = gpus or GPUS
+def fit_table(model: str, size: int = 1024, machines: dict[str, Machine] | None = None) -> list[dict]:
+    """One row per strategy: estimated GPU peak (bf16, fused attention) and host memory, and which machines it fits
+    (each with its own dtype and kernels)."""
+    machines = machines or MACHINES
     rows = []
     for strategy in STRATEGIES:
         result = estimate(model, strategy, size)
         rows.append(
             {
                 **asdict(result),
-                "fits": {name: fits_card(model, strategy, card, size) for name, card in gpus.items()},
+                "fits": {name: fits_machine(model, strategy, machine, size) for name, machine in machines.items()},
             }
         )
     return rows
@@ -389,34 +465,37 @@ def measure_peak_gb(function):
     return result, _gb(torch.cuda.max_memory_allocated())
 
 
-def plot_strategies(model: str, size: int = 1024, gpus: dict[str, Card] | None = None):
-    """Bar chart of the estimated peak of each strategy, with the usable memory of common GPUs marked."""
+
+
+def plot_strategies(model: str, size: int = 1024, machines: dict[str, Machine] | None = None):
+    """Bar chart of the estimated peak of each strategy (bf16, fused attention), with the usable GPU memory of the
+    catalogue's machines marked."""
     from helpers.images import unshown_subplots
 
-    gpus = gpus or GPUS
+    machines = machines or MACHINES
     results = [estimate(model, name, size) for name in STRATEGIES]
     figure, axis = unshown_subplots(figsize=(8, 0.4 * len(results) + 1.5))
     names = [result.strategy for result in results]
     axis.barh(names, [r.weights_on_gpu_gb for r in results], label="weights on the GPU", color="tab:blue")
     axis.barh(names, [r.activations_gb for r in results], left=[r.weights_on_gpu_gb for r in results],
               label="working memory (estimate)", color="tab:orange")
-    limits = sorted({card.memory_gb for card in gpus.values()})
+    limits = sorted({machine.gpu_gb for machine in machines.values()})
     for memory in limits:
         axis.axvline(memory - RESERVE_GB, color="grey", linestyle=":", linewidth=1)
-    cards = axis.secondary_xaxis("top")
-    cards.set_xticks([memory - RESERVE_GB for memory in limits],
-                     ["\n".join(name for name, card in gpus.items() if card.memory_gb == memory) for memory in limits],
-                     fontsize=7)
+    gpus = axis.secondary_xaxis("top")
+    gpus.set_xticks([memory - RESERVE_GB for memory in limits],
+                    ["\n".join(sorted({m.gpu.removeprefix("NVIDIA ").split()[0] for m in machines.values()
+                                       if m.gpu_gb == memory})) for memory in limits], fontsize=7)
     axis.invert_yaxis()
-    axis.set_xlabel(f"estimated peak GPU memory (GB); dotted lines: each card's memory less {RESERVE_GB} GB reserve")
-    axis.set_title(f"{get_model(model).title}, {size}x{size}: peak by strategy")
+    axis.set_xlabel(f"estimated peak GPU memory (GB); dotted lines: each GPU's memory less {RESERVE_GB} GB reserve")
+    axis.set_title(f"{get_model(model).title}, {size}x{size}, bf16: peak by strategy")
     axis.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     return figure
 
 
 def format_table(model: str) -> list[dict]:
-    """For each component a quantizer can convert: its weights in every storage format, and what stays bf16."""
+    """For each component a quantizer can convert: its weights in every storage format, and what stays 16-bit."""
     rows = []
     for part in QUANTIZABLE:
         split = breakdown(model, part)
@@ -424,13 +503,13 @@ def format_table(model: str) -> list[dict]:
         rows.append({
             "component": part,
             **{storage: f"{split.bytes(storage) / 1e9:.2f} GB" for storage in FORMATS},
-            "left in bf16": f"{split.other_values / total:.1%} of values",
+            "left in 16 bits": f"{split.other_values / total:.1%} of values",
         })
     return rows
 
 
-def strategy_table(model: str, size: int = 1024, gpus: dict[str, Card] | None = None):
-    """The estimated GPU peak and host memory of each strategy and which cards it fits, as a Table."""
+def strategy_table(model: str, size: int = 1024, machines: dict[str, Machine] | None = None):
+    """The estimated GPU peak and host memory of each strategy and which machines it fits, as a Table."""
     from helpers.display import Table
 
     rows = [
@@ -443,52 +522,72 @@ def strategy_table(model: str, size: int = 1024, gpus: dict[str, Card] | None = 
             "host (GB)": f"{row['host_gb']:.1f}",
             **{name: "fits" if ok else "-" for name, ok in row["fits"].items()},
         }
-        for row in fit_table(model, size, gpus)
+        for row in fit_table(model, size, machines)
     ]
-    return Table(rows, title=f"{get_model(model).title}, {size}x{size}, one image with CFG: estimated peak memory")
+    return Table(rows, title=f"{get_model(model).title}, {size}x{size}, one image with CFG: estimated peak memory "
+                             "(bf16; each machine checked in its own dtype)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print, for each strategy, the estimated peak GPU and host memory and whether it fits common cards."""
+    """Print, for each strategy, the estimated peak GPU and host memory and which machines it fits."""
     from helpers.models import MODELS
 
     parser = argparse.ArgumentParser(prog="python -m helpers.memory", description=main.__doc__)
     full_size = [name for name, spec in MODELS.items() if not spec.is_stand_in]
     parser.add_argument("--model", default="large", choices=full_size)
     parser.add_argument("--size", type=int, default=1024, help="image height and width in pixels (default 1024)")
-    parser.add_argument("--gpu-gb", type=float, help="check one card of this many GB instead of the common ones")
+    parser.add_argument("--machine", help=f"one machine of the catalogue: {', '.join(MACHINES)}")
+    parser.add_argument("--gpu-gb", type=float, help="check one GPU of this many GB instead of the catalogue")
     parser.add_argument("--host-gb", type=float, help="with --gpu-gb: the machine's memory (RAM) in GB")
-    parser.add_argument("--no-fused-attention", action="store_true",
-                        help="with --gpu-gb: a card older than Ampere (T4, V100), without fused bf16 attention")
+    parser.add_argument("--compute-capability", type=float, default=8.0,
+                        help="with --gpu-gb: the GPU's compute capability (default 8.0; a T4 is 7.5, a V100 7.0)")
     parser.add_argument("--json", action="store_true", help="print the same as JSON data")
     args = parser.parse_args(argv)
     try:
-        if args.gpu_gb is None:
-            if args.host_gb is not None or args.no_fused_attention:
-                raise ValueError("--host-gb and --no-fused-attention describe one card: give its --gpu-gb too.")
-            gpus = dict(GPUS)
+        if args.machine is not None:
+            if args.gpu_gb is not None or args.host_gb is not None:
+                raise ValueError("--machine names a whole machine: leave out --gpu-gb and --host-gb.")
+            machine = get_machine(args.machine)
+            machines = {machine.name: machine}
+        elif args.gpu_gb is None:
+            if args.host_gb is not None:
+                raise ValueError("--host-gb describes one machine: give its --gpu-gb too.")
+            machines = dict(MACHINES)
         else:
             for flag, value in (("--gpu-gb", args.gpu_gb), ("--host-gb", args.host_gb)):
                 if value is not None and not 0 < value < 10_000:
                     raise ValueError(f"{flag} {value:g}: give the memory in GB, a positive number such as 16.")
-            card = Card(args.gpu_gb, fused_bf16_attention=not args.no_fused_attention, host_gb=args.host_gb)
-            gpus = {f"{args.gpu_gb:g} GB" + (f", {args.host_gb:g} GB host" if args.host_gb else ""): card}
-        rows = fit_table(args.model, args.size, gpus)
+            if not 3.0 <= args.compute_capability < 20:
+                raise ValueError(f"--compute-capability {args.compute_capability:g}: give it as NVIDIA lists it, "
+                                 "e.g. 7.5 for a T4 or 8.6 for an A10G.")
+            major, minor = divmod(round(args.compute_capability * 10), 10)
+            name = f"{args.gpu_gb:g} GB" + (f", {args.host_gb:g} GB host" if args.host_gb else "")
+            machines = {name: Machine(name, name, "GPU", (major, minor), args.gpu_gb, args.host_gb)}
+        rows = fit_table(args.model, args.size, machines)
     except ValueError as error:
         parser.error(str(error))
     if args.json:
         print(json.dumps({"model": args.model, "size": args.size, "reserve_gb": RESERVE_GB,
-                          "host_reserve_gb": HOST_RESERVE_GB, "gpus": {name: asdict(card) for name, card in gpus.items()},
+                          "host_reserve_gb": HOST_RESERVE_GB,
+                          "machines": {name: asdict(machine) for name, machine in machines.items()},
                           "strategies": rows}, indent=2))
         return 0
-    print(strategy_table(args.model, args.size, gpus))
-    print(f"\n'fits': estimated GPU peak + {RESERVE_GB} GB <= the card's memory and, where the host is known, estimated "
-          f"host memory + {HOST_RESERVE_GB} GB <= the host's. Peaks above are for fused attention; a card without it "
-          "is checked with the helpers' bounded attention. Estimates: weights are exact, working and host memory are "
-          "calibrated on an H100 (helpers/memory.py).")
-    fitting = [row["strategy"] for row in rows if all(row["fits"].values())]
-    if len(gpus) == 1:
-        print("Fits: " + (", ".join(fitting) if fitting else "nothing: try a smaller --size or another model."))
+    print(strategy_table(args.model, args.size, machines))
+    print(f"\n'fits': estimated GPU peak + {RESERVE_GB} GB <= the GPU's memory and, where the RAM is known, estimated "
+          f"host memory + {HOST_RESERVE_GB} GB <= the RAM, each machine in the dtype it computes in (float16 below "
+          "compute capability 8.0) with the attention and convolutions it has for it. Peaks above are for bf16 with "
+          "fused attention. Estimates: weights are exact, working and host memory are calibrated on an H100 "
+          "(helpers/memory.py).")
+    if len(machines) == 1:
+        (machine,) = machines.values()
+        fitting = [row["strategy"] for row in rows if all(row["fits"].values())]
+        print(f"{machine.name} computes in {machine.dtype}. Fits: "
+              + (", ".join(fitting) if fitting else "nothing: try a smaller --size or another model."))
+        from helpers.routes import plan_route
+
+        if fitting:
+            route = plan_route(args.model, machine=machine, size=args.size)
+            print(f"load_pipeline takes: {route.strategy} ({route.describe()})")
     return 0
 
 

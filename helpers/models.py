@@ -71,6 +71,17 @@ class ModelSpec:
     skip_layer_guidance: SkipLayerGuidance | None = None
     max_sequence_length: int | None = None
     """T5 tokens per prompt, where the model needs another value than diffusers' default (256)."""
+    plays: str | None = None
+    """For an offline model on an emulated machine (SD35_MACHINE): the full-size model whose route it loads with."""
+
+    def playing(self, model: str) -> ModelSpec:
+        """This offline model standing in for `model`: loaded with the route planned for `model`."""
+        from dataclasses import replace
+
+        played = get_model(model)
+        if not self.is_stand_in or played.is_stand_in:
+            raise ValueError(f"{self.title} cannot play {played.title}: an offline model plays a full-size one.")
+        return replace(self, plays=played.name, title=f"{self.title} as {played.title}")
 
     @property
     def is_stand_in(self) -> bool:

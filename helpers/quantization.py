@@ -12,9 +12,6 @@ import warnings
 
 from helpers.architecture import stored_tensors
 
-T5_CHOICES = ("auto", "keep", "drop", "nf4", "int8")
-QUANTIZE_CHOICES = ("auto", None, "nf4")
-
 
 def diffusers_nf4_config(compute_dtype):
     """diffusers' config for an NF4 transformer (no double quantization, as in the seed and diffusers' docs)."""
@@ -32,17 +29,18 @@ def transformers_config(storage: str, compute_dtype):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def quantize_linear_layers_nf4(module, compute_dtype):
-    """Replace every `nn.Linear` inside `module` by a bitsandbytes NF4 `Linear4bit`, quantized where it lies.
+def quantize_linear_layers_nf4(module, compute_dtype, skip: tuple[str, ...] = ()):
+    """Replace every `nn.Linear` inside `module` (but those whose names end with one of `skip`) by a bitsandbytes
+    NF4 `Linear4bit`, quantized where it lies.
 
     The layout matches what `diffusers_nf4_config` produces on a GPU. Returns the module, changed in place.
     """
     import bitsandbytes as bnb
     import torch
 
-    for parent in list(module.modules()):
+    for prefix, parent in list(module.named_modules()):
         for name, layer in list(parent.named_children()):
-            if type(layer) is not torch.nn.Linear:
+            if type(layer) is not torch.nn.Linear or f"{prefix}.{name}".endswith(skip) and skip:
                 continue
             quantized = bnb.nn.Linear4bit(
                 layer.in_features,

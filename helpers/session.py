@@ -1,8 +1,9 @@
 """`setup()`: the one setup call at the top of every notebook.
 
-Introduced in notebook 01. It picks the model (from SD35_MODEL and the GPU), the device and dtype, seeds every
-random generator, and prints one short report: versions, GPU, whether a Hugging Face token is present (never
-its value), and what to do when something is missing.
+Introduced in notebook 01. It picks the model (from SD35_MODEL and the GPU), the machine it plans for (the GPU here,
+or the catalogue machine SD35_MACHINE names, emulated on this CPU), the device and dtype, seeds every random
+generator, and prints one short report: versions, machine, each model's route and its cost, whether a Hugging Face
+token is present (never its value), and what to do when something is missing.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import TYPE_CHECKING, TypeVar
 from helpers.access import has_token
 from helpers.checks import check_seed
 from helpers.images import output_dir
-from helpers.loading import choose_route, default_device, default_dtype, gpu_memory_gb, this_machine
-from helpers.memory import STRATEGIES
+from helpers.machines import MACHINE_VARIABLE, Machine, emulated_machine, live_machine
 from helpers.models import AUTO, MODEL_VARIABLE, MODELS, ModelSpec, get_model, model_setting
+from helpers.routes import Route, default_device, plan_route
 
 if TYPE_CHECKING:
     import torch
@@ -34,25 +35,6 @@ REPORTED_PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "a
 
 
 @dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    memory_gb: float
-    native_bf16: bool
-    free_gb: float | None = None
-    """GPU memory not yet taken when setup() ran (None: all of it)."""
-    host_gb: float | None = None
-    """The machine's RAM (None: not counted)."""
-
-    @property
-    def card(self):
-        """This GPU as helpers.memory describes cards, for choosing how each model loads."""
-        from helpers.memory import Card
-
-        return Card(self.memory_gb if self.free_gb is None else self.free_gb, fused_bf16_attention=self.native_bf16,
-                    host_gb=self.host_gb)
-
-
-@dataclass(frozen=True)
 class Session:
     """What `setup()` decided; later cells read the model, device and dtype from here."""
 
@@ -61,7 +43,11 @@ class Session:
     device: str
     dtype: torch.dtype
     seed: int
-    gpu: GpuInfo | None
+    machine: Machine | None
+    """The machine routes are planned for: the GPU here, the SD35_MACHINE one (emulated), or None (this CPU)."""
+    emulated: bool
+    routes: tuple[Route, ...]
+    """The route each of `models` loads with."""
     token_present: bool
     output_dir: Path
     versions: dict[str, str]
@@ -89,10 +75,8 @@ class Session:
     def fits(self, spec: ModelSpec, *, offload="auto", quantize="auto", t5="auto") -> bool:
         """Whether `load_pipeline(spec, offload=..., quantize=..., t5=...)` fits this machine's GPU and RAM
         (helpers.memory's estimates); if not, says so. Without a GPU everything fits (it runs on the CPU)."""
-        from helpers.loading import check_options
-
         try:
-            check_options(spec, self.device, offload, quantize, t5)
+            plan_route(spec, offload=offload, quantize=quantize, t5=t5)
         except MemoryError:
             options = ", ".join(f"{name}={value!r}" for name, value in
                                 (("offload", offload), ("quantize", quantize), ("t5", t5)) if value != "auto")
@@ -106,38 +90,27 @@ class Session:
         return [(spec, quantize) for spec, quantize in variants if self.fits(spec, quantize=quantize)]
 
     def gpu_offload(self, offload: str) -> str | None:
-        """`offload` where there is a GPU to offload to; None on a CPU, where everything is in CPU memory already."""
-        return offload if self.gpu is not None else None
+        """`offload` where there is a GPU to offload to (or one is emulated: then it is planned, not run); None on a
+        CPU, where everything is in CPU memory already."""
+        return offload if self.machine is not None else None
 
     def report(self) -> str:
         """The setup report as text."""
-        gpu = "none" if self.gpu is None else f"{self.gpu.name}, {self.gpu.memory_gb:.1f} GB"
+        machine = ("none (this CPU)" if self.machine is None else
+                   f"{self.machine.name}: {self.machine.describe()}, emulated on this CPU" if self.emulated else
+                   self.machine.describe())
         token = "found (value not shown)" if self.token_present else "not found"
         lines = [
             f"model      {', '.join(spec.title for spec in self.models)}",
             f"device     {self.device}, {str(self.dtype).removeprefix('torch.')}",
-            f"GPU        {gpu}",
+            f"machine    {machine}",
             f"HF token   {token}",
             f"versions   {', '.join(f'{name} {version}' for name, version in self.versions.items())}",
             f"outputs    {self.output_dir}",
             f"seed       {self.seed}",
         ]
-        return "\n".join(lines + [""] + list(self.notes)).rstrip()
-
-
-def _gpu() -> GpuInfo | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    machine = this_machine("cuda")
-    return GpuInfo(
-        name=torch.cuda.get_device_name(0),
-        memory_gb=gpu_memory_gb("cuda") or 0.0,
-        native_bf16=machine.fused_bf16_attention,
-        free_gb=machine.memory_gb,
-        host_gb=machine.host_gb,
-    )
+        routes = [route.report() for route in self.routes if route.machine is not None]
+        return "\n".join(lines + [""] + routes + list(self.notes)).rstrip()
 
 
 def _nvidia_gpu_present() -> bool:
@@ -156,9 +129,10 @@ def _versions() -> dict[str, str]:
 
 
 def _choose_models(
-    about: tuple[ModelSpec, ...], setting: str, gpu: GpuInfo | None
+    about: tuple[ModelSpec, ...], setting: str, machine: Machine | None, emulated: bool = False
 ) -> tuple[tuple[ModelSpec, ...], list[str]]:
-    """The models to run and the notes explaining the choice."""
+    """The models to run and the notes explaining the choice. On an emulated machine the offline model plays each
+    model of the notebook that fits it, so it loads with that model's route."""
     if setting != AUTO:
         chosen = get_model(setting)
         notes = [f"{MODEL_VARIABLE}={setting}: every model of this notebook is played by {chosen.title}."]
@@ -166,36 +140,54 @@ def _choose_models(
             notes.append("The toy model draws shapes on plain backgrounds: the notebook uses toy-world prompts.")
         elif chosen.is_stand_in:
             notes.append("The random stand-in's images are noise: it shows the code paths, not image quality.")
-        elif gpu is None:
+        elif emulated:
+            raise ValueError(f"{MODEL_VARIABLE}={setting} with {MACHINE_VARIABLE}={machine.name}: an emulated machine "
+                             f"runs the offline models on this CPU. Set {MODEL_VARIABLE}=toy (or unset it), or unset "
+                             f"{MACHINE_VARIABLE} on a GPU machine to run {chosen.title}.")
+        elif machine is None:
             notes.append(
                 f"No GPU found: {chosen.title} will be very slow on a CPU and needs over 30 GB of memory. "
                 f"Set {MODEL_VARIABLE}=toy (or leave it unset) to run the offline toy model."
             )
+        if emulated and chosen.is_stand_in:
+            return _played_by(chosen, about, machine, notes)
         return (chosen,), notes
-    if gpu is None:
+    if emulated:
+        return _played_by(MODELS["toy"], about, machine, [])
+    if machine is None:
         return (MODELS["toy"],), [NO_GPU_BANNER]
-
-    card = gpu.card
-    host = "" if card.host_gb is None else f", {card.host_gb:.1f} GB of RAM"
-    fitting, notes = [], []
-    for spec in about:
-        route = choose_route(spec, card)
-        if route is None:
-            notes.append(f"{spec.title} does not fit this machine ({card.memory_gb:.1f} GB of GPU memory free{host}) "
-                         "in any way load_pipeline can load it; skipped here.")
-            continue
-        fitting.append(spec)
-        if route.strategy != "gpu":
-            notes.append(
-                f"{spec.title} fits this machine ({card.memory_gb:.1f} GB of GPU memory free{host}) only as "
-                f"'{route.strategy}': {STRATEGIES[route.strategy].description}. load_pipeline loads it that way "
-                "unless you choose otherwise."
-            )
+    fitting, notes = _fitting(about, machine)
     if not fitting:
-        fallback = MODELS["medium"] if choose_route(MODELS["medium"], card) else MODELS["toy"]
+        fallback = MODELS["medium"] if _fitting((MODELS["medium"],), machine)[0] else MODELS["toy"]
         fitting = [fallback]
         notes.append(f"Running {fallback.title} instead. Set {MODEL_VARIABLE} to choose another model.")
     return tuple(fitting), notes
+
+
+def _fitting(about: tuple[ModelSpec, ...], machine: Machine) -> tuple[list[ModelSpec], list[str]]:
+    """The models of `about` some route fits on `machine`, and a note for each that does not."""
+    fitting, notes = [], []
+    host = "" if machine.host_gb is None else f", {machine.host_gb:.1f} GB of RAM"
+    for spec in about:
+        try:
+            plan_route(spec, machine=machine)
+        except MemoryError:
+            notes.append(f"{spec.title} does not fit this machine ({machine.gpu_gb:.1f} GB of GPU memory free{host}) "
+                         "in any way load_pipeline can load it; skipped here.")
+            continue
+        fitting.append(spec)
+    return fitting, notes
+
+
+def _played_by(offline: ModelSpec, about: tuple[ModelSpec, ...], machine: Machine, notes: list[str]):
+    """The offline model playing each model of `about` that fits the emulated machine."""
+    fitting, skipped = _fitting(about, machine)
+    if not fitting:
+        fitting = [MODELS["medium"]]
+    notes = notes + skipped + [
+        (f"{MACHINE_VARIABLE}={machine.name}: routes are planned as on {machine.describe()}, and run here on the CPU "
+        f"with the {offline.title.lower()}: the same dtype, quantized parts, attention and tiling.")]
+    return tuple(offline.playing(spec.name) for spec in fitting), notes
 
 
 def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool = True) -> Session:
@@ -214,26 +206,23 @@ def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool 
     if not about_specs:
         raise ValueError("about is empty: name the model(s) this notebook is about, e.g. about='large'.")
 
-    gpu = _gpu()
-    models, notes = _choose_models(about_specs, setting, gpu)
-    if gpu is None and _nvidia_gpu_present():
+    machine = emulated_machine()
+    emulated = machine is not None
+    if not emulated:
+        machine = live_machine("cuda")
+    models, notes = _choose_models(about_specs, setting, machine, emulated)
+    if machine is None and _nvidia_gpu_present():
         notes.insert(0,
             f"An NVIDIA GPU is here, but PyTorch cannot use it (torch {torch.__version__}, built for CUDA "
             f"{torch.version.cuda or 'none: a CPU-only build'}), so the notebook runs on the CPU. Usually the NVIDIA "
             "driver is older than this torch build needs: install the torch build for your driver's CUDA version "
             "(pytorch.org lists them; `nvidia-smi` shows the driver's), then restart the kernel."
         )
-    device = default_device()
-    dtype = default_dtype(device)
+    routes = tuple(plan_route(spec) for spec in models)
+    device = routes[0].device if emulated else default_device()
+    dtype = routes[0].torch_dtype
     token_present = has_token()
 
-    if gpu is not None and not gpu.native_bf16:
-        notes.append(
-            f"The {gpu.name} has no native bf16: PyTorch emulates it, so images are right but slower, and its "
-            "fused attention kernels do not run, so load_pipeline attends a chunk of queries at a time to bound "
-            "the memory (helpers.attention). "
-            "Do not switch to float16: SD3.5 then gives black images (T5 and the VAE overflow)."
-        )
     gated = [spec for spec in models if not spec.is_stand_in]
     if gated and not token_present:
         notes.append(
@@ -251,7 +240,9 @@ def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool 
         device=device,
         dtype=dtype,
         seed=seed,
-        gpu=gpu,
+        machine=machine,
+        emulated=emulated,
+        routes=routes,
         token_present=token_present,
         output_dir=output_dir(),
         versions=_versions(),

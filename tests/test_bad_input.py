@@ -190,7 +190,7 @@ CLI_ATTACKS = [
     ("helpers.bench", ["--model", "sdxl"], "invalid choice: 'sdxl'"),
     ("helpers.bench", ["--json", unwritable_folder()], "--json '/proc/sd35-cannot-write-here/result.json'"),
     ("helpers.bench", ["--json", "/"], "cannot be written"),
-    ("helpers.bench", ["--quantize", "nf4", "--fuse-qkv"], "--fuse-qkv cannot be combined"),
+    ("helpers.bench", ["--quantize", "nf4", "--fuse-qkv"], "--fuse-qkv cannot be used here: this route stores the transformer in NF4"),
     ("helpers.bench", ["--compile", "--offload", "group"], "--compile cannot be combined"),
     ("helpers.memory", ["--gpu-gb", "nan"], "--gpu-gb nan"),
     ("helpers.memory", ["--gpu-gb", "inf"], "--gpu-gb inf"),

@@ -54,8 +54,8 @@ def test_command_prints_a_row_and_writes_json(tmp_path, capsys):
         (["--model", "sdxl"], "invalid choice: 'sdxl'"),
         (["--size", "100"], "--size=100 must be a positive multiple of 16"),
         (["--quantize", "nf4", "--offload", "sequential"], "does not work with bitsandbytes"),
-        (["--quantize", "nf4", "--fuse-qkv"], "--fuse-qkv cannot be combined with --quantize nf4"),
-        (["--fuse-qkv", "--offload", "group"], "--fuse-qkv cannot be combined with --offload group"),
+        (["--quantize", "nf4", "--fuse-qkv"], "--fuse-qkv cannot be used here: this route stores the transformer in NF4"),
+        (["--fuse-qkv", "--offload", "group"], "--fuse-qkv cannot be used here: group offload moves the separate"),
         (["--compile", "--offload", "model"], "--compile cannot be combined with --offload model"),
         (["--compile"], "--compile needs a CUDA GPU"),
         (["--offload", "model"], "needs a CUDA GPU"),
@@ -99,11 +99,13 @@ def test_fused_qkv_gives_the_same_image_on_dual_attention_blocks():
 
 
 def test_random_weights_pipeline_has_the_full_size_parts():
-    import torch
+    from helpers.machines import MACHINES
+    from helpers.routes import Route, _random_weights
 
-    from helpers.bench import random_weights_pipeline
-
-    pipe = random_weights_pipeline("medium", "meta", torch.bfloat16)  # shapes only: the GPU build, without memory
+    route = Route("medium", "medium", MACHINES["colab-t4"], False, "meta", "float16")
+    pipe = _random_weights(route)  # shapes only: the GPU build, without memory
+    wo = pipe.text_encoder_3.encoder.block[0].layer[1].DenseReluDense.wo
+    assert wo.weight.dtype.itemsize == 4 and pipe.transformer.dtype.itemsize == 2  # T5's wo as transformers loads it
     assert pipe.transformer.config.num_layers == 24 and pipe.transformer.config.dual_attention_layers
     assert pipe.text_encoder_3.config.d_model == 4096 and pipe.vae.config.latent_channels == 16
     assert pipe.scheduler.config.shift == 3.0

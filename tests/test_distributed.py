@@ -143,7 +143,7 @@ def test_claims_keep_an_image_to_one_running_process_and_pass_on_from_a_dead_one
 
 
 def test_the_multi_gpu_memory_table_follows_helpers_memory():
-    rows = {row["model"]: row for row in per_gpu_rows(["large", "medium"], gpus=4, gpu_gb=24, host_gb=206.2)}
+    rows = {row["model"]: row for row in per_gpu_rows(["large", "medium"], machine="sagemaker-g5-12xlarge")}
     assert rows["SD3.5 Medium"]["route in each process"].startswith("everything on the GPU")
     for row in rows.values():
         peak = float(row["GPU peak per process"].split()[0])
@@ -175,9 +175,10 @@ def test_a_process_that_fails_names_its_error_above_the_launchers_summary(tmp_pa
 
 
 def test_each_process_of_a_launch_counts_its_share_of_the_ram(monkeypatch):
-    from helpers.loading import host_share_gb
+    from helpers.machines import MACHINES, _processes_launched_together
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert host_share_gb(206.0) == 206.0
+    assert _processes_launched_together() == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # set by torchrun in each of four processes on one machine
-    assert host_share_gb(206.0) == 51.5
+    assert _processes_launched_together() == 4
+    assert MACHINES["sagemaker-g5-12xlarge"].share(4).host_gb == pytest.approx(206.2 / 4)

@@ -51,4 +51,4 @@ def test_every_bench_option_combination_runs_or_is_refused_up_front(tmp_path):
     assert [case for case in cases if case["status"] == "failed"] == []
     refused = [case for case in cases if case["status"] == "refused"]
     assert all(case["error"].startswith("python -m helpers.bench: error: ") for case in refused)
-    assert any("--fuse-qkv cannot be combined with --quantize nf4" in case["error"] for case in refused)
+    assert any("--fuse-qkv cannot be used here: this route stores the transformer in NF4" in case["error"] for case in refused)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from helpers.loading import load_pipeline
-from helpers.memory import GPUS, STRATEGIES, Breakdown, Strategy, breakdown_module, estimate, fits, main, weights
+from helpers.machines import MACHINES
+from helpers.memory import STRATEGIES, Breakdown, Strategy, breakdown_module, estimate, fits, main, weights
 from helpers.quantization import count_4bit_layers, footprint_bytes, transformers_config, unquantized_bytes
 
 
@@ -137,7 +138,7 @@ def test_memory_command_as_json(capsys):
     assert main(["--model", "medium", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [row["strategy"] for row in data["strategies"]] == list(STRATEGIES)
-    assert set(data["strategies"][0]["fits"]) == set(GPUS) == set(data["gpus"])
+    assert set(data["strategies"][0]["fits"]) == set(MACHINES) == set(data["machines"])
     assert data["strategies"][0]["host_gb"] > 0
 
 
@@ -145,7 +146,7 @@ def test_memory_command_for_one_gpu(capsys):
     main(["--model", "large", "--gpu-gb", "16"])
     printed = capsys.readouterr().out
     assert "16 GB" in printed and "Estimates: weights are exact" in printed
-    assert printed.rstrip().endswith("Fits: sequential-offload, group-offload, nf4-model-offload, nf4-t5-nf4")
+    assert "Fits: sequential-offload, group-offload, nf4-model-offload, nf4-t5-nf4, nf4-no-t5" in printed
 
 
 @pytest.mark.parametrize(
@@ -171,7 +172,7 @@ MEASURED = {
     ("large", "Turbo's settings"): ("large-turbo", "gpu", "fused"),
     ("large", "math attention (T4 path)"): ("large", "gpu", "math"),
     ("large", "NF4 transformer on the GPU"): ("large", "nf4", "fused"),
-    ("large", "NF4 transformer, T5 dropped"): ("large", Strategy("", transformer="nf4", t5="drop"), "fused"),
+    ("large", "NF4 transformer, T5 dropped"): ("large", Strategy("", quantize="nf4", t5="drop"), "fused"),
     ("large-nf4-model-offload", "model offload"): ("large", "nf4-model-offload", "fused"),
     ("medium-model-offload", "model offload"): ("medium", "model-offload", "fused"),
     ("medium-group-offload", "group offload"): ("medium", "group-offload", "fused"),
@@ -206,14 +207,47 @@ def test_bounded_attention_keeps_attention_scores_small():
 
 
 def test_memory_command_names_what_fits_a_free_colab_t4(capsys):
-    assert main(["--model", "large", "--gpu-gb", "16", "--host-gb", "12.7", "--no-fused-attention"]) == 0
+    assert main(["--model", "large", "--machine", "colab-t4"]) == 0
     output = capsys.readouterr().out
-    assert output.rstrip().endswith("Fits: nf4-t5-nf4")
-    assert "host (GB)" in output
+    assert "colab-t4 computes in float16. Fits: nf4-no-t5" in output
+    assert "load_pipeline takes: nf4-no-t5" in output and "host (GB)" in output
+    assert main(["--model", "large", "--gpu-gb", "15.8", "--host-gb", "12.7", "--compute-capability", "7.5"]) == 0
+    assert "computes in float16. Fits: nf4-no-t5" in capsys.readouterr().out
+
+
+def test_float16_counts_t5s_float32_feed_forward_outputs():
+    wo_values = 24 * 4096 * 10240
+    for strategy in ("gpu", "t5-nf4"):
+        bf16 = weights("large", STRATEGIES[strategy], "bfloat16")["text_encoder_3"]
+        fp16 = weights("large", STRATEGIES[strategy], "float16")["text_encoder_3"]
+        assert fp16 - bf16 == 2 * wo_values
+
+
+def test_transformers_keeps_t5s_wo_in_float32_in_a_float16_load():
+    """What the estimate above relies on, read off a real float16 load (plain and NF4) of the toy's T5."""
+    from transformers import T5EncoderModel
+
+    from helpers.loading import toy_model_dir
+
+    for config in (None, transformers_config("nf4", torch.float16)):
+        t5 = T5EncoderModel.from_pretrained(toy_model_dir() / "text_encoder_3", dtype=torch.float16,
+                                            quantization_config=config, device_map="cpu")
+        feed_forward = t5.encoder.block[0].layer[1].DenseReluDense
+        assert feed_forward.wo.weight.dtype == torch.float32 and t5.shared.weight.dtype == torch.float16
+
+
+def test_a_bf16_decode_without_cudnn_adds_the_largest_column_buffer():
+    from helpers.memory import activations, im2col_bytes
+
+    assert im2col_bytes(1024) == 256 * 9 * 1024 * 1024 * 2  # the 256-channel 3x3 convolutions at full size
+    assert activations("large", convolutions="im2col").vae_decode - activations("large").vae_decode == im2col_bytes(
+        1024)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--host-gb", "12.7"], "give its --gpu-gb too"),
+    (["--machine", "t4"], "machine='t4' is not a machine of the catalogue"),
+    (["--gpu-gb", "16", "--compute-capability", "75"], "--compute-capability 75"),
     (["--gpu-gb", "nan"], "--gpu-gb nan: give the memory in GB"),
     (["--gpu-gb", "16", "--host-gb", "-1"], "--host-gb -1: give the memory in GB"),
 ])

@@ -4,16 +4,17 @@ import pytest
 import torch
 
 from helpers.architecture import component_sizes, pipeline_sizes
-from helpers.loading import load_pipeline, placement
-from helpers.memory import Card
+from helpers.loading import load_pipeline
+from helpers.machines import MACHINES, Machine, UnknownMachineError
 from helpers.models import MODELS, UnknownModelError
-from helpers.session import NO_GPU_BANNER, GpuInfo, _choose_models, setup
+from helpers.routes import plan_route
+from helpers.session import NO_GPU_BANNER, _choose_models, setup
 
 ABOUT_ALL = (MODELS["large"], MODELS["large-turbo"], MODELS["medium"])
 
 
-def gpu(memory_gb: float, native_bf16: bool = True) -> GpuInfo:
-    return GpuInfo(name="test GPU", memory_gb=memory_gb, native_bf16=native_bf16)
+def gpu(memory_gb: float, compute_capability=(8, 0), host_gb=None) -> Machine:
+    return Machine("test", "test machine", "test GPU", compute_capability, memory_gb, host_gb)
 
 
 def test_setup_on_this_machine_runs_the_toy_model(capsys):
@@ -65,24 +66,22 @@ def test_auto_on_an_80_gb_gpu_runs_every_model_the_notebook_is_about():
 
 def test_auto_on_a_16_gb_gpu_takes_the_routes_that_fit():
     models, notes = _choose_models(ABOUT_ALL, "auto", gpu(15.8))
-    assert models == ABOUT_ALL
-    assert "SD3.5 Large fits this machine (15.8 GB of GPU memory free) only as 'nf4-model-offload'" in notes[0]
-    assert any("SD3.5 Medium fits this machine (15.8 GB of GPU memory free) only as 'model-offload'" in note
-               for note in notes)
+    assert models == ABOUT_ALL and notes == []
+    assert plan_route("large", machine=gpu(15.8)).strategy == "nf4-model-offload"  # RAM not counted
+    assert plan_route("medium", machine=gpu(15.8)).strategy == "model-offload"
 
 
-def test_auto_on_free_colab_loads_4_bit_routes_that_fit_its_ram():
-    colab = GpuInfo(name="Tesla T4", memory_gb=15.8, native_bf16=False, free_gb=15.4, host_gb=12.7)
-    models, notes = _choose_models(ABOUT_ALL, "auto", colab)
-    assert models == ABOUT_ALL
-    assert "SD3.5 Large fits this machine (15.4 GB of GPU memory free, 12.7 GB of RAM) only as 'nf4-t5-nf4'" in notes[0]
-    assert any("SD3.5 Medium fits this machine" in note and "'t5-nf4'" in note for note in notes)
+def test_auto_on_free_colab_takes_the_4_bit_routes_that_fit_its_ram_in_float16():
+    models, notes = _choose_models(ABOUT_ALL, "auto", MACHINES["colab-t4"])
+    assert models == ABOUT_ALL and notes == []
+    assert plan_route("large", machine="colab-t4").strategy == "nf4-no-t5"
+    assert plan_route("medium", machine="colab-t4").strategy == "nf4-t5-nf4"
 
 
 def test_auto_falls_back_to_medium_when_nothing_the_notebook_wants_fits():
-    models, notes = _choose_models((MODELS["large"],), "auto", gpu(12))
+    models, notes = _choose_models((MODELS["large"],), "auto", gpu(8))
     assert models == (MODELS["medium"],)
-    assert "SD3.5 Large does not fit this machine (12.0 GB of GPU memory free)" in notes[0]
+    assert "SD3.5 Large does not fit this machine (8.0 GB of GPU memory free)" in notes[0]
     assert "Running SD3.5 Medium instead" in notes[-1]
 
 
@@ -91,32 +90,67 @@ def test_an_explicit_setting_wins_over_the_notebook():
     assert models == (MODELS["medium"],)
 
 
-# Cards readers have (issue: readers' real machines). Free Colab: T4 16 GB, 12.7 GB of RAM, no fused bf16 attention.
-T4_COLAB = Card(16, fused_bf16_attention=False, host_gb=12.7)
-A10G_16 = Card(24, host_gb=17.2)
-A10G_32 = Card(24, host_gb=34.4)
-
-
 @pytest.mark.parametrize(
-    ("model", "card", "options", "expected"),
+    ("model", "machine", "options", "expected"),
     [
-        ("large", Card(80), {}, "gpu"),
-        ("large", Card(40), {}, "gpu"),
-        ("large", Card(24), {}, "model-offload"),  # host memory not counted
-        ("large", A10G_32, {}, None),  # model offload would keep 27.6 GB of weights in 34.4 GB of RAM
-        ("large", A10G_32, {"quantize": "nf4"}, "gpu"),
-        ("large", A10G_16, {"quantize": "nf4", "t5": "nf4"}, "gpu"),
-        ("large", T4_COLAB, {"quantize": "nf4"}, None),  # the seed's NF4 + model offload: RAM too small
-        ("large", T4_COLAB, {"quantize": "nf4", "t5": "nf4"}, "gpu"),
-        ("medium", Card(24), {}, "gpu"),
-        ("medium", Card(15.8), {}, "model-offload"),
-        ("medium", T4_COLAB, {}, None),
-        ("medium", T4_COLAB, {"t5": "nf4"}, "gpu"),
-        ("tiny", Card(1), {}, "gpu"),
+        ("large", "h100", {}, "gpu"),
+        ("large", "colab-a100", {}, "gpu"),
+        ("large", gpu(24), {}, "model-offload"),  # host memory not counted
+        ("large", "sagemaker-g5-2xlarge", {}, "nf4"),  # model offload would keep 27.6 GB of weights in 34.4 GB
+        ("large", "sagemaker-g5-xlarge", {"quantize": "nf4", "t5": "nf4"}, "nf4-t5-nf4"),
+        ("large", "colab-t4", {"quantize": "nf4", "offload": "model"}, None),  # the seed's route: RAM too small
+        ("large", "colab-t4", {"quantize": "nf4"}, "nf4-no-t5"),
+        ("large", "colab-t4", {"quantize": None}, None),
+        ("medium", "sagemaker-g5-xlarge", {}, "gpu"),
+        ("medium", gpu(15.8), {}, "model-offload"),
+        ("medium", "colab-t4", {"quantize": None}, "no-t5"),
+        ("medium", "colab-t4", {"quantize": None, "t5": "nf4"}, None),
+        ("medium", "colab-t4", {"t5": "drop"}, "no-t5"),
+        ("medium", "colab-t4", {"dtype": "bfloat16", "t5": "nf4"}, "t5-nf4"),  # with the decode in tiles
+        ("tiny", gpu(1), {}, None),  # an offline model fits anything: no strategy needed
     ],
 )
-def test_placement_counts_gpu_memory_attention_and_host_memory(model, card, options, expected):
-    assert placement(model, card, **options) == expected
+def test_routes_take_the_first_that_fits_and_keep_what_was_asked(model, machine, options, expected):
+    try:
+        route = plan_route(model, machine=machine, **options)
+    except MemoryError:
+        assert expected is None and model != "tiny"
+        return
+    assert route.strategy == expected
+    for key, value in options.items():
+        assert getattr(route, key) == value
+
+
+def test_a_t4_computes_in_float16_and_a_bf16_t4_route_bounds_attention_and_tiles_the_decode():
+    fp16 = plan_route("large", machine="colab-t4")
+    assert (fp16.dtype, fp16.attention, fp16.vae_tiling) == ("float16", "fused", False)
+    bf16 = plan_route("medium", machine="colab-t4", dtype="bfloat16")
+    assert (bf16.dtype, bf16.attention) == ("bfloat16", "bounded")
+    assert plan_route("large", machine="h100").dtype == "bfloat16"
+
+
+def test_an_unknown_machine_is_a_clear_error_listing_the_machines(monkeypatch):
+    monkeypatch.setenv("SD35_MACHINE", "colab-t5")
+    with pytest.raises(UnknownMachineError, match=r"SD35_MACHINE='colab-t5'.*colab-t4, colab-l4"):
+        setup(about="large")
+    with pytest.raises(UnknownMachineError, match="machine='p3'"):
+        load_pipeline("tiny", machine="p3")
+
+
+def test_setup_plans_as_the_emulated_machine(monkeypatch, capsys):
+    monkeypatch.setenv("SD35_MACHINE", "colab-t4")
+    run = setup(about=("large", "medium"))
+    report = capsys.readouterr().out
+    assert run.dtype == torch.float16 and run.device == "cpu" and run.emulated
+    assert [spec.plays for spec in run.models] == ["large", "medium"] and run.model.is_toy
+    assert "colab-t4: free Colab: NVIDIA T4" in report and "emulated on this CPU" in report
+    assert "nf4-no-t5 (float16, transformer NF4, no T5" in report
+    monkeypatch.setenv("SD35_MACHINE", "h100")
+    run = setup(about="large", verbose=False)
+    assert run.dtype == torch.bfloat16 and run.routes[0].strategy == "gpu"
+    monkeypatch.setenv("SD35_MODEL", "large")
+    with pytest.raises(ValueError, match="an emulated machine runs the offline models"):
+        setup(about="large")
 
 
 @pytest.mark.parametrize(
@@ -175,31 +209,10 @@ def test_architecture_command_prints_sizes_and_draws_the_chart(tmp_path, capsys)
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize(
-    ("model", "card", "options", "expected"),
-    [
-        ("large", Card(80), {}, ("gpu", None, None, "keep")),
-        ("large", Card(24), {}, ("model-offload", "model", None, "keep")),
-        ("large", A10G_16, {}, ("nf4", None, "nf4", "keep")),
-        ("large", T4_COLAB, {}, ("nf4-t5-nf4", None, "nf4", "nf4")),
-        ("large", T4_COLAB, {"quantize": "nf4"}, ("nf4-t5-nf4", None, "nf4", "nf4")),  # notebook 02 on Colab
-        ("large", T4_COLAB, {"quantize": None}, None),
-        ("medium", T4_COLAB, {}, ("t5-nf4", None, None, "nf4")),
-        ("medium", T4_COLAB, {"t5": "drop"}, ("no-t5", None, None, "drop")),
-    ],
-)
-def test_auto_routes_take_the_first_that_fits_and_keep_what_was_asked(model, card, options, expected):
-    from helpers.loading import choose_route
-
-    route = choose_route(MODELS[model], card, **options)
-    assert (None if route is None else (route.strategy, route.offload, route.quantize, route.t5)) == expected
-
-
-def test_auto_options_without_a_gpu_load_bf16_with_t5():
-    from helpers.loading import check_options
-
-    route = check_options(MODELS["toy"], "cpu", "auto", "auto", "auto")
-    assert (route.offload, route.quantize, route.t5) == (None, None, "keep")
+def test_auto_options_without_a_gpu_load_float32_with_t5():
+    route = plan_route(MODELS["toy"])
+    assert (route.offload, route.quantize, route.t5, route.dtype, route.machine) == (None, None, "keep", "float32",
+                                                                                    None)
 
 
 def test_setup_says_when_pytorch_cannot_use_the_machines_gpu(monkeypatch, capsys):
@@ -239,31 +252,23 @@ def test_fitting_keeps_every_variant_without_a_gpu(capsys):
 
 
 def test_fitting_leaves_out_what_does_not_fit_and_says_so(monkeypatch, capsys):
-    from helpers import loading
-
-    colab = Card(15.4, fused_bf16_attention=False, host_gb=12.7)
-    monkeypatch.setattr(loading, "this_machine", lambda device="cuda": colab)
+    monkeypatch.setenv("SD35_MACHINE", "colab-t4")
     run = setup(about="large", verbose=False)
     kept = run.fitting([(MODELS["large"], None), (MODELS["large"], "nf4")])
     assert kept == [(MODELS["large"], "nf4")]
     assert "SD3.5 Large with quantize=None does not fit this machine: skipped here." in capsys.readouterr().out
 
 
-def test_options_given_explicitly_are_checked_against_gpu_and_ram(monkeypatch, capsys):
+def test_options_given_explicitly_are_checked_against_gpu_and_ram(capsys, monkeypatch):
     """The seed's route (NF4 + model offload) keeps T5 and the rest in RAM: 22 GB, which free Colab's 12.7 GB
     cannot hold. It is refused before loading (a Colab kernel would be killed), with the options that fit."""
-    from helpers import loading
-    from helpers.loading import Route, check_options
-
-    colab = Card(15.4, fused_bf16_attention=False, host_gb=12.7)
-    monkeypatch.setattr(loading, "this_machine", lambda device="cuda": colab)
-    with pytest.raises(MemoryError, match=r"offload='model', quantize='nf4', t5='auto'.*Loading options that fit: "):
-        check_options(MODELS["large"], "cuda", "model", "nf4", "auto")
+    with pytest.raises(MemoryError, match=r"offload='model', quantize='nf4'.*Loading options that fit: "):
+        plan_route("large", machine="colab-t4", offload="model", quantize="nf4")
+    monkeypatch.setenv("SD35_MACHINE", "colab-t4")
     run = setup(about="large", verbose=False)
     assert not run.fits(MODELS["large"], offload="model", quantize="nf4")
     assert "SD3.5 Large with offload='model', quantize='nf4' does not fit this machine" in capsys.readouterr().out
-    assert run.fits(MODELS["large"], quantize="nf4", t5="nf4")
-
-    monkeypatch.setattr(loading, "this_machine", lambda device="cuda": Card(80))
-    assert check_options(MODELS["large"], "cuda", "model", "nf4", "auto") == Route(None, "model", "nf4", "keep")
-    assert check_options(MODELS["large"], "cuda", "model", "nf4", "int8").t5 == "int8"  # not estimated: not refused
+    assert run.fits(MODELS["large"], quantize="nf4", t5="drop")
+    route = plan_route("large", machine="h100", offload="model", quantize="nf4")
+    assert (route.offload, route.quantize, route.t5, route.strategy) == ("model", "nf4", "keep", "nf4-model-offload")
+    assert plan_route("large", machine="h100", offload="model", quantize="nf4", t5="int8").t5 == "int8"  # not refused

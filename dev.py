@@ -1,8 +1,13 @@
 """Set up the series on a fresh machine and open it, or run its tests. Needs only Python 3.11+ with pip.
 
     python3 dev.py lab     set up .venv (first time: a few minutes), then open JupyterLab on the series
-    python3 dev.py test    set up .venv, then run the tests: unit tests, lint, every notebook (nbmake), and the
-                           sliders in a real JupyterLab (needs /usr/bin/chromium; skipped without it)
+    python3 dev.py test    set up .venv, then run the tests: unit tests, lint, every notebook (nbmake), the
+                           sliders in a real JupyterLab (needs /usr/bin/chromium; skipped without it), and
+                           notebooks 01-03 again on free Colab's T4 route (SD35_MACHINE=colab-t4)
+    python3 dev.py test --quick
+                           the unit tests of helpers only (no notebooks, browser, launches or training)
+    python3 dev.py test --machine colab-t4
+                           every notebook on that catalogue machine's route, emulated on this CPU
     python3 dev.py strip   remove outputs from the notebooks before committing (no setup needed)
 
 Extra arguments go to JupyterLab or pytest (e.g. `python3 dev.py test -k tiny`). Setup runs again only when
@@ -82,6 +87,29 @@ def strip_outputs(notebooks: list[Path]) -> list[Path]:
     return changed
 
 
+T4_NOTEBOOKS = ("01_loading_sd35", "02_nf4_quantization_and_offload", "03_timing_on_h100")
+"""The notebooks `dev.py test` also runs on free Colab's T4 route: where the route changes what the code does
+(dtype, NF4 parts, skipped steps). All ten pass there (`dev.py test --machine colab-t4`), but in float16 on a CPU they
+take about twice as long, more than CI's budget holds."""
+QUICK_SKIP = ("test_browser.py", "test_colab.py", "test_distributed.py", "test_training.py", "test_toy_model.py",
+              "test_gpu_check.py", "test_inside_pipeline.py")
+"""Test files the quick tier leaves out: browsers, wheel installs, process launches, training and the toy model's
+lessons, each seconds to a minute."""
+
+
+def test_commands(extra: list[str]) -> list[tuple[list[str], dict[str, str]]]:
+    """The pytest runs `dev.py test` makes, each with its environment."""
+    pytest = [str(PYTHON), "-m", "pytest"]
+    if extra[:1] == ["--quick"]:
+        ignore = [f"--ignore=tests/{name}" for name in QUICK_SKIP]
+        return [([*pytest, "tests", "-o", "addopts=-p no:cacheprovider", *ignore, *extra[1:]], {})]
+    if extra[:1] == ["--machine"] and len(extra) >= 2:
+        return [([*pytest, "notebooks", *extra[2:]], {"SD35_MACHINE": extra[1]})]
+    t4 = [f"notebooks/{name}.ipynb" for name in T4_NOTEBOOKS]
+    return [([*pytest, *extra], {}), ([*pytest, *t4], {"SD35_MACHINE": "colab-t4"})] if not extra else [
+        ([*pytest, *extra], {})]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"lab", "test", "strip"}:
         print(__doc__)
@@ -100,7 +128,12 @@ def main(argv: list[str]) -> int:
     if command == "lab":
         lab, env = lab_command(extra)
         return subprocess.call(lab, cwd=ROOT, env=env)
-    return subprocess.call([str(PYTHON), "-m", "pytest", *extra], cwd=ROOT)
+    failed = 0
+    for command, env in test_commands(extra):
+        if env:
+            print("+", " ".join(f"{key}={value}" for key, value in env.items()), " ".join(command[2:]), flush=True)
+        failed = subprocess.call(command, cwd=ROOT, env={**os.environ, **env}) or failed
+    return failed
 
 
 if __name__ == "__main__":

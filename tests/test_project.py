@@ -185,3 +185,15 @@ def test_the_built_wheel_carries_the_toy_model(tmp_path):
     assert "helpers/toy_model/transformer/diffusion_pytorch_model.safetensors" in shipped
     assert "helpers/toy_model/training.json" in shipped
     assert shipped <= names, sorted(shipped - names)
+
+
+def test_the_test_command_also_runs_notebooks_on_the_t4_route_and_has_a_quick_tier():
+    dev = load_dev()
+    full, t4 = dev.test_commands([])
+    assert full[1] == {} and t4[1] == {"SD35_MACHINE": "colab-t4"}
+    assert [Path(arg).stem for arg in t4[0][3:]] == list(dev.T4_NOTEBOOKS)
+    assert all((ROOT / "notebooks" / f"{name}.ipynb").is_file() for name in dev.T4_NOTEBOOKS)
+    (quick, env), = dev.test_commands(["--quick"])
+    assert "tests" in quick and "--ignore=tests/test_browser.py" in quick and env == {}
+    (machine, env), = dev.test_commands(["--machine", "h100"])
+    assert "notebooks" in machine and env == {"SD35_MACHINE": "h100"}

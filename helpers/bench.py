@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +289,38 @@ def harness_overhead(pipe, *, model: str, steps: int, size: int, guidance_scale:
                       progress=False)
     bare_median = statistics.median(bare)
     return {"bare_median_s": bare_median, "harness_median_s": timed.median, "ratio": timed.median / bare_median}
+
+
+H100_MEASURED_S = {"large": 5.58, "medium": 2.65}
+"""Seconds per 1024x1024 image at 28 steps with CFG, bf16, everything on the GPU, measured on the H100
+(benchmarks/RESULTS.md): with flops_per_step, the share of the H100's peak the denoising reached."""
+
+
+def estimated_seconds_per_image(route, *, steps: int, guidance_scale: float, size: int) -> float | None:
+    """About how long one picture of the full-size model `route` was planned for takes on its machine: the steps'
+    FLOPs at the share of peak the H100 reached for that model (H100_MEASURED_S), scaled by the machine's tensor
+    throughput, plus 2% for an NF4 transformer and the copies of model offload at the H100's rate. An estimate,
+    never a measurement. None where there is no full-size model or machine to estimate for."""
+    from helpers.memory import offload_traffic_gb
+    from helpers.routes import H100_OFFLOAD_GB_PER_S
+
+    spec = get_model(route.model)
+    machine = route.machine
+    if spec.is_stand_in or machine is None or machine.tensor_tflops is None:
+        return None
+    reference = "medium" if spec.name == "medium" else "large"
+    share = 28 * _flops(reference, 1024, 2) / H100_MEASURED_S[reference] / (H100_DENSE_BF16_TFLOPS * 1e12)
+    seconds = steps * _flops(spec.name, size, 2 if guidance_scale > 1 else 1) / (machine.tensor_tflops * 1e12 * share)
+    if route.quantize:
+        seconds *= 1.02
+    if route.strategy in ("model-offload", "nf4-model-offload"):
+        seconds += offload_traffic_gb(spec.name, route.strategy) / H100_OFFLOAD_GB_PER_S
+    return seconds
+
+
+@cache
+def _flops(model: str, size: int, batch: int) -> float:
+    return flops_per_step(model, size=size, batch=batch)
 
 
 def flops_per_step(model: str, size: int = 1024, batch: int = 2, max_sequence_length: int = 256) -> float:

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from helpers import world
-from helpers.experiments import mean_difference, region_difference
+from helpers.experiments import TimeTeller, mean_difference, region_difference
 from helpers.inputs import rectangle_mask
 
 
@@ -56,7 +56,9 @@ def generate_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_
     pipe.set_progress_bar_config(disable=True)
     pictures: list[Image.Image] = []
     starts = range(0, len(prompts), batch_size)
+    clock = TimeTeller(pipe, len(prompts), shared, verbose=progress and len(starts) > 1)
     for start in tqdm(starts, desc="generating", disable=not progress or len(starts) < 2):
+        began = time.perf_counter()
         chunk = slice(start, start + batch_size)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[chunk]]
         arguments = {name: values[chunk] for name, values in per_picture.items()}
@@ -66,6 +68,8 @@ def generate_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_
         else:
             arguments["prompt"] = list(prompts[chunk])
         pictures += pipe(generator=generators, **arguments, **shared).images
+        if start == 0:
+            clock.first_made((time.perf_counter() - began) / len(generators), len(prompts) - len(generators))
     return pictures
 
 

@@ -292,10 +292,14 @@ def run_sweep(
     start = time.perf_counter()
     fingerprint = pipeline_fingerprint(pipe)  # once: the pipeline does not change during a sweep
     entries, generated, repaired = [], 0, []
+    clock = TimeTeller(pipe, len(combinations), fixed, verbose=progress)
     bar = tqdm(combinations, desc="sweep", disable=not progress)
     for combination in bar:
+        began = time.perf_counter()
         path, made = generate(pipe, model, {**fixed, **combination}, folder, fingerprint=fingerprint,
                               repaired=repaired)
+        if made and not generated:
+            clock.first_made(time.perf_counter() - began, len(combinations) - len(entries) - 1)
         generated += made
         entries.append((combination, path))
         bar.set_postfix(generated=generated, reused=len(entries) - generated)
@@ -307,6 +311,46 @@ def run_sweep(
         generated=generated, reused=len(entries) - generated, seconds=time.perf_counter() - start,
         repaired=len(repaired),
     )
+
+
+class TimeTeller:
+    """Says, before long work, how many pictures it makes and about how long that takes: before the first, from the
+    machine catalogue for the full-size model the route was planned for (an estimate, helpers.bench); after the
+    first, measured here."""
+
+    def __init__(self, pipe, count: int, settings: dict[str, Any], *, verbose: bool = True):
+        self.verbose = verbose
+        if not verbose:
+            return
+        from helpers.bench import estimated_seconds_per_image
+        from helpers.models import get_model
+        from helpers.routes import route_of
+
+        line = f"{count} picture{'s' if count != 1 else ''} to make (any already in the folder are reused)."
+        route = route_of(pipe)
+        if route is not None and route.machine is not None and not get_model(route.model).is_stand_in:
+            spec = get_model(route.model)
+            seconds = estimated_seconds_per_image(
+                route, steps=settings.get("num_inference_steps", spec.num_inference_steps),
+                guidance_scale=settings.get("guidance_scale", spec.guidance_scale), size=spec.height)
+            if seconds is not None:
+                line += (f" {spec.title} at {spec.height}x{spec.height} would take about {_duration(seconds * count)} "
+                         f"on {route.machine.gpu} with this route (estimate from the H100's measured speed).")
+        print(line)
+
+    def first_made(self, seconds: float, left: int) -> None:
+        """The first picture took `seconds` here; `left` more are to come."""
+        if self.verbose and left > 0:
+            print(f"The first picture took {seconds:.1f} s here: about {_duration(seconds * left)} for the {left} "
+                  "left (measured).")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _remove_stale_staging(folder: Path) -> None:

@@ -41,6 +41,9 @@ class Machine:
     """The machine's RAM in GB (None: not known)."""
     gpus: int = 1
     source: str = ""
+    tensor_tflops: float | None = None
+    """Dense 16-bit tensor-core throughput of one GPU in TFLOP/s (NVIDIA's datasheets), in the dtype it computes in:
+    for estimates of time before a measurement."""
 
     @property
     def bf16_tensor_cores(self) -> bool:
@@ -89,26 +92,28 @@ MACHINES: dict[str, Machine] = {
     machine.name: machine
     for machine in (
         Machine("colab-t4", "free Colab", "NVIDIA T4", (7, 5), 15.8, 12.7,
-                source="Colab's free GPU runtime: 15.8 GB as PyTorch reports a T4, 12.7 GB of RAM"),
+                tensor_tflops=65, source="Colab's free GPU runtime: 15.8 GB as PyTorch reports a T4, 12.7 GB of RAM"),
         Machine("colab-l4", "Colab L4 runtime", "NVIDIA L4", (8, 9), 24, 53.0,
-                source="Colab's L4 runtime as its resource panel shows it (not measured here)"),
+                tensor_tflops=121, source="Colab's L4 runtime as its resource panel shows it (not measured here)"),
         Machine("colab-a100", "Colab A100 runtime", "NVIDIA A100", (8, 0), 40, 83.5,
-                source="Colab's A100 runtime as its resource panel shows it (not measured here)"),
+                tensor_tflops=312, source="Colab's A100 runtime as its resource panel shows it (not measured here)"),
         Machine("sagemaker-g5-xlarge", "SageMaker ml.g5.xlarge", "NVIDIA A10G", (8, 6), 24, 17.2,
-                source=_AWS + ": 16 GiB"),
+                tensor_tflops=125, source=_AWS + ": 16 GiB"),
         Machine("sagemaker-g5-2xlarge", "SageMaker ml.g5.2xlarge", "NVIDIA A10G", (8, 6), 24, 34.4,
-                source=_AWS + ": 32 GiB"),
+                tensor_tflops=125, source=_AWS + ": 32 GiB"),
         Machine("sagemaker-g5-12xlarge", "SageMaker ml.g5.12xlarge", "NVIDIA A10G", (8, 6), 24, 206.2, gpus=4,
-                source=_AWS + ": 4 GPUs, 192 GiB"),
+                tensor_tflops=125, source=_AWS + ": 4 GPUs, 192 GiB"),
         Machine("sagemaker-g6-xlarge", "SageMaker ml.g6.xlarge", "NVIDIA L4", (8, 9), 24, 17.2,
-                source=_AWS + ": 16 GiB"),
+                tensor_tflops=121, source=_AWS + ": 16 GiB"),
         Machine("sagemaker-p4d", "SageMaker ml.p4d.24xlarge", "NVIDIA A100", (8, 0), 40, 1236.9, gpus=8,
-                source=_AWS + ": 8 GPUs, 1152 GiB"),
+                tensor_tflops=312, source=_AWS + ": 8 GPUs, 1152 GiB"),
         Machine("h100", "one H100 (the GPU check's machine)", "NVIDIA H100 80GB HBM3", (9, 0), 80, 135.1,
-                source="measured by python -m helpers.gpu_check (benchmarks/gpu_check/h100-run1.json)"),
+                tensor_tflops=989, source="measured by python -m helpers.gpu_check (benchmarks/gpu_check/h100-run1.json)"),
     )
 }
-"""The machines readers use. The memory figures decide routes; each has its source."""
+"""The machines readers use. The memory figures decide routes; each has its source. Throughput: NVIDIA's datasheets
+(dense, without sparsity): T4 65 (fp16), L4 121, A10 125 (AWS's A10G variant publishes none: the A10's figure is
+used), A100 312, H100 SXM 989."""
 
 
 class UnknownMachineError(ValueError):

@@ -77,3 +77,26 @@ def test_fused_qkv_keeps_bounded_attention():
         assert np.abs(run(pipe) - before).max() < 0.02
     finally:
         unfuse_qkv_projections(pipe.transformer)
+
+
+def test_long_work_says_how_many_pictures_and_how_long(tmp_path, capsys):
+    from helpers.experiments import run_sweep
+
+    pipe = load_pipeline(TINY.playing("large"), machine="colab-t4")
+    fixed = {"prompt": "a cat", "num_inference_steps": 2, "height": 64, "width": 64, "guidance_scale": 4.5}
+    run_sweep(pipe, "tiny", fixed, {"seed": [0, 1, 2]}, folder=tmp_path)
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "3 pictures to make" in text and "SD3.5 Large at 1024x1024 would take about" in text
+    assert "on NVIDIA T4 with this route (estimate" in text
+    assert "The first picture took" in text and "for the 2 left (measured)" in text
+
+
+def test_time_estimates_scale_with_the_machines_throughput():
+    from helpers.bench import estimated_seconds_per_image
+    from helpers.routes import plan_route
+
+    h100 = estimated_seconds_per_image(plan_route("large", machine="h100"), steps=28, guidance_scale=4.5, size=1024)
+    t4 = estimated_seconds_per_image(plan_route("large", machine="colab-t4"), steps=28, guidance_scale=4.5, size=1024)
+    assert h100 == pytest.approx(5.58, rel=0.01)  # calibrated on the H100's measurement
+    assert t4 == pytest.approx(5.58 * 989 / 65 * 1.02, rel=0.01)  # the same share of a T4's fp16 peak, NF4's 2%

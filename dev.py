@@ -89,8 +89,8 @@ def strip_outputs(notebooks: list[Path]) -> list[Path]:
 
 T4_NOTEBOOKS = ("01_loading_sd35", "02_nf4_quantization_and_offload", "03_timing_on_h100")
 """The notebooks `dev.py test` also runs on free Colab's T4 route: where the route changes what the code does
-(dtype, NF4 parts, skipped steps). All ten pass there (`dev.py test --machine colab-t4`), but in float16 on a CPU they
-take about twice as long, more than CI's budget holds."""
+(dtype, NF4 parts, skipped steps), in about a minute. All ten pass on it (`dev.py test --machine colab-t4`), but in
+float16 on a CPU the ten took about 17 minutes here (notebook 04 alone 9.6), more than CI's budget holds."""
 QUICK_SKIP = ("test_browser.py", "test_colab.py", "test_distributed.py", "test_training.py", "test_toy_model.py",
               "test_gpu_check.py", "test_inside_pipeline.py")
 """Test files the quick tier leaves out: browsers, wheel installs, process launches, training and the toy model's

@@ -42,7 +42,7 @@ STORAGE_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 RESERVE_GB = 1.5
-"""Assumed unusable part of a card (CUDA context, driver, allocator fragmentation): an assumption, not measured."""
+"""Assumed unusable part of a GPU's memory (CUDA context, driver, allocator fragmentation): an assumption, not measured."""
 HOST_RESERVE_GB = 1.0
 """Assumed part of the host's memory taken by the system and Jupyter: an assumption, not measured."""
 

@@ -187,7 +187,8 @@ def _played_by(offline: ModelSpec, about: tuple[ModelSpec, ...], machine: Machin
     notes = notes + skipped + [
         (f"{MACHINE_VARIABLE}={machine.name}: routes are planned as on {machine.describe()}, and run here on the CPU "
         f"with the {offline.title.lower()}: the same dtype, quantized parts, attention and tiling.")]
-    return tuple(offline.playing(spec.name) for spec in fitting), notes
+    # a notebook about an offline model (the toy's training) runs it as itself, on the machine's route
+    return tuple(offline if spec.is_stand_in else offline.playing(spec.name) for spec in fitting), notes
 
 
 def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool = True) -> Session:

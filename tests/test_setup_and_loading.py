@@ -272,3 +272,9 @@ def test_options_given_explicitly_are_checked_against_gpu_and_ram(capsys, monkey
     route = plan_route("large", machine="h100", offload="model", quantize="nf4")
     assert (route.offload, route.quantize, route.t5, route.strategy) == ("model", "nf4", "keep", "nf4-model-offload")
     assert plan_route("large", machine="h100", offload="model", quantize="nf4", t5="int8").t5 == "int8"  # not refused
+
+
+def test_a_notebook_about_the_toy_runs_it_as_itself_on_the_emulated_machine(monkeypatch):
+    monkeypatch.setenv("SD35_MACHINE", "colab-t4")
+    run = setup(about="toy", verbose=False)
+    assert run.model is MODELS["toy"] and run.dtype == torch.float16 and run.routes[0].machine.name == "colab-t4"

@@ -227,18 +227,85 @@ def step_seed(recipe: Recipe, stage: str, step: int) -> int:
 # --- Checkpoints -----------------------------------------------------------------------------------------------
 
 
-def _save_atomic(payload: dict, path: Path) -> None:
+CHECKPOINT = "checkpoint.safetensors"
+"""A run's checkpoint: its tensors in safetensors, the structure around them (stage, progress, optimizer settings)
+as JSON in the file's metadata. Nothing is unpickled, so a planted file cannot run code."""
+
+
+def _flatten(value: Any, prefix: str, tensors: dict) -> Any:
+    """`value` with every tensor replaced by {"tensor": key}, the tensors collected in `tensors`."""
     import torch
 
+    if isinstance(value, torch.Tensor):
+        # tied weights (T5's embeddings) appear twice in a state dict: stored once, referenced by both
+        same = (value.data_ptr(), value.dtype, tuple(value.shape), value.stride()) if value.numel() else None
+        seen = tensors.setdefault("__seen__", {})
+        if same is not None and same in seen:
+            return {"tensor": seen[same]}
+        tensors[prefix] = value.detach().clone().contiguous()
+        if same is not None:
+            seen[same] = prefix
+        return {"tensor": prefix}
+    if isinstance(value, dict):
+        return {"dict": [[key, _flatten(item, f"{prefix}/{key}", tensors)] for key, item in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {"list": [_flatten(item, f"{prefix}/{index}", tensors) for index, item in enumerate(value)]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    raise TypeError(f"a checkpoint cannot hold {type(value).__name__} at {prefix!r}")
+
+
+def _unflatten(node: dict, tensors: dict) -> Any:
+    if "tensor" in node:
+        return tensors[node["tensor"]]
+    if "dict" in node:
+        return {key: _unflatten(item, tensors) for key, item in node["dict"]}
+    if "list" in node:
+        return [_unflatten(item, tensors) for item in node["list"]]
+    return node["value"]
+
+
+def _save_atomic(payload: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict = {}
+    structure = _flatten(payload, "", tensors)
+    tensors.pop("__seen__", None)
     staging = path.with_name(f".{path.name}.partial")
-    torch.save(payload, staging)
+    save_file(tensors, staging, metadata={"structure": json.dumps(structure)})
     os.replace(staging, path)
 
 
 def _load_checkpoint(path: Path) -> dict | None:
-    import torch
+    from safetensors import safe_open
 
-    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, framework="pt") as file:
+            structure = json.loads(file.metadata()["structure"])
+            tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 - safe_open is no dict
+        return _unflatten(structure, tensors)
+    except Exception as error:  # noqa: BLE001 - any damage to the file ends in the same advice
+        raise ValueError(f"The checkpoint {path} is damaged or not one of helpers.training's ({type(error).__name__}: "
+                         f"{error}). Delete it to train that stage again from its start.") from None
+
+
+def _check_out(out: Path) -> None:
+    """`out` may be written: it does not exist, or it is a pipeline an earlier run of this command saved (its
+    training.json names a recipe and a code version). Anything else is the reader's: refused, never removed."""
+    summary = out / "training.json"
+    if not out.exists() and not out.is_symlink():
+        return
+    ours = False
+    if out.is_dir() and not out.is_symlink() and summary.is_file() and (out / "model_index.json").is_file():
+        try:
+            ours = {"recipe", "code_version"} <= set(json.loads(summary.read_text()))
+        except (OSError, ValueError):
+            ours = False
+    if not ours:
+        raise ValueError(f"--out {str(out)!r} exists and is not a model this command trained: it is left as it is. "
+                         "Choose a folder that does not exist yet, or move that one away yourself.")
 
 
 # --- Stage 1: the VAE ------------------------------------------------------------------------------------------
@@ -440,9 +507,10 @@ def train(out: str | Path, recipe: Recipe = Recipe(), *, work: str | Path | None
     import torch
 
     out = Path(out)
+    _check_out(out)  # before any work: an hour of training must not end in a refusal
     work = Path(work) if work is not None else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = work / "checkpoint.pt"
+    checkpoint = work / CHECKPOINT
     recipe_file = work / "recipe.json"
     wanted = {"recipe": asdict(recipe), "code": code_version()}
     if recipe_file.is_file() and json.loads(recipe_file.read_text()) != wanted:
@@ -492,9 +560,10 @@ def train(out: str | Path, recipe: Recipe = Recipe(), *, work: str | Path | None
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
     }
     (staging / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
-    if out.exists():
+    if out.exists():  # an earlier run's model (checked again: the folder may have changed during training)
         import shutil
 
+        _check_out(out)
         shutil.rmtree(out)
     os.replace(staging, out)
     return out
@@ -528,7 +597,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in recipe_values.items():
         if value < (0 if name == "seed" else 1):
             parser.error(f"--{name.replace('_', '-')}={value} must be {'0 or more' if name == 'seed' else 'at least 1'}.")
-    out = train(arguments.out, Recipe(**recipe_values), work=arguments.work)
+    try:
+        out = train(arguments.out, Recipe(**recipe_values), work=arguments.work)
+    except ValueError as error:
+        parser.error(str(error))
     print(f"saved the trained pipeline to {out}")
     return 0
 

@@ -61,8 +61,8 @@ def test_a_killed_run_resumes_to_the_same_weights(short_run, tmp_path):
     deadline = time.monotonic() + 120
     # Kill it hard once the transformer stage has saved a checkpoint, part-way through.
     while time.monotonic() < deadline and process.poll() is None:
-        checkpoint = work / "checkpoint.pt"
-        if checkpoint.is_file() and torch.load(checkpoint, weights_only=False)["stage"] == "transformer":
+        checkpoint = work / training.CHECKPOINT
+        if checkpoint.is_file() and _stage(checkpoint) == "transformer":
             os.kill(process.pid, signal.SIGKILL)
             break
         time.sleep(0.05)
@@ -72,6 +72,55 @@ def test_a_killed_run_resumes_to_the_same_weights(short_run, tmp_path):
     resumed = training.train(out, SHORT, work=work, show_progress=False)
     first, second = weights(short_run), weights(resumed)
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def _stage(checkpoint) -> str | None:
+    try:
+        return training._load_checkpoint(checkpoint)["stage"]
+    except ValueError:  # caught between two writes of a file the run replaces atomically: read it next time
+        return None
+
+
+def test_an_existing_out_folder_that_is_not_a_trained_model_is_left_alone(tmp_path, capsys):
+    mine = tmp_path / "holiday-photos"
+    mine.mkdir()
+    (mine / "beach.jpg").write_bytes(b"not ours")
+    with pytest.raises(SystemExit):
+        training.main(["train", "--out", str(mine), "--steps", "1", "--vae-steps", "1"])
+    assert "exists and is not a model this command trained" in capsys.readouterr().err
+    assert (mine / "beach.jpg").read_bytes() == b"not ours" and not mine.with_name("holiday-photos.work").exists()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ValueError, match="is left as it is"):
+        training.train(tmp_path / "a-file", SHORT, show_progress=False)
+
+
+def test_a_planted_pickle_is_never_loaded_and_a_damaged_checkpoint_is_named(tmp_path):
+    import pickle
+
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (work / "checkpoint.pt").write_bytes(pickle.dumps(Payload()))
+    (work / training.CHECKPOINT).write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="is damaged or not one of helpers.training's"):
+        training.train(tmp_path / "model", SHORT, work=work, show_progress=False)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_round_trips_tensors_and_structure(tmp_path):
+    payload = {"stage": "vae", "progress": {"step": 3, "loss": [0.5, 0.25], "shift": None},
+               "optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, 2)}},
+                             "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.99), "params": [0]}]}}
+    training._save_atomic(payload, tmp_path / "c.safetensors")
+    loaded = training._load_checkpoint(tmp_path / "c.safetensors")
+    assert loaded["progress"] == payload["progress"] and loaded["stage"] == "vae"
+    assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], torch.ones(2, 2))  # int keys, as torch needs
+    assert loaded["optimizer"]["param_groups"][0]["betas"] == [0.9, 0.99]
 
 
 def test_a_work_folder_of_another_recipe_is_refused(short_run, tmp_path):

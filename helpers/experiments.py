@@ -181,6 +181,10 @@ def generate(
     folder = Path(folder) if folder is not None else output_dir() / "sweeps"
     key = image_key(pipe, model, settings, fingerprint)
     path = folder / key_name(key)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise OSError(f"{path} is {kind}, where this sweep keeps the picture of these settings: the picture could not "
+                      "be stored. It is left as it is: move it away, or sweep into another folder.")
     if path.is_file():
         if _intact(path, key):
             return path, False
@@ -207,6 +211,9 @@ def generate(
     finally:
         pipe.set_progress_bar_config(**previous)
     written = write_png(image, {**key, "file": path.name, "pixels": pixels_digest(image)}, folder, [path.name])
+    if written is None and not (path.is_file() and not path.is_symlink() and _intact(path, key)):
+        raise OSError(f"The picture for {path.name} was made but could not be stored in {folder}: something else took "
+                      "its name meanwhile. Move that away, or sweep into another folder.")
     return path, written is not None
 
 

@@ -256,3 +256,20 @@ def test_a_damaged_picture_in_a_read_only_folder_is_reported(pipe, tmp_path):
             run_sweep(pipe, "tiny", FIXED, {"seed": [0]}, folder=tmp_path, progress=False)
     finally:
         tmp_path.chmod(0o755)
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling link", "link to a picture"])
+def test_a_cache_name_that_is_not_a_picture_stops_the_sweep_and_is_left_alone(pipe, tmp_path, kind):
+    name = key_name(image_key(pipe, "tiny", {**FIXED, "seed": 0}))
+    path = tmp_path / name
+    if kind == "folder":
+        path.mkdir()
+        (path / "mine.txt").write_text("keep")
+    elif kind == "dangling link":
+        path.symlink_to(tmp_path / "nowhere.png")
+    else:
+        Image.new("RGB", (8, 8)).save(tmp_path / "elsewhere.png")
+        path.symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(OSError, match="is a (folder|link), where this sweep keeps the picture"):
+        run_sweep(pipe, "tiny", FIXED, {"seed": [0]}, folder=tmp_path, progress=False)
+    assert path.is_symlink() or (path / "mine.txt").read_text() == "keep"

@@ -38,6 +38,8 @@ PLANS, CLAIMS, JOURNALS = ".plans", ".claims", ".journal"
 FOREIGN_CLAIM_TIMEOUT_S = 3600
 """A claim by a process on another machine (a shared drive) counts as abandoned after this long."""
 POLL_S = 0.5
+UNREADABLE_CLAIM_S = 60
+"""An unreadable claim (being written, or half-written by a crash) counts as abandoned after this long."""
 ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*|python -m helpers\.distributed: error): ")
 """The last line of a Python traceback, or a refusal of this module's command line."""
 LAUNCHER_ERRORS = ("torch.distributed.", "subprocess.CalledProcessError")
@@ -96,7 +98,16 @@ def read_plan(path: str | Path) -> Plan:
 
 
 def _record() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "started": _started(os.getpid())}
+
+
+def _started(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22): with the pid, it names one
+    process, where a pid alone may since belong to another (None where /proc does not say)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -114,10 +125,15 @@ def _alive(pid: int) -> bool:
 
 
 def _abandoned(record: dict[str, Any] | None, age_s: float) -> bool:
-    if record is None:  # unreadable: being written right now, or left half-written by a crash long ago
-        return age_s > 60
+    if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
+        # unreadable: being written right now, or left half-written by a crash
+        return age_s > UNREADABLE_CLAIM_S
     if record.get("host") == socket.gethostname():
-        return not _alive(int(record["pid"]))
+        pid = record["pid"]
+        if not _alive(pid):
+            return True
+        started = record.get("started")
+        return started is not None and _started(pid) not in (None, started)  # the pid is another process's now
     return age_s > FOREIGN_CLAIM_TIMEOUT_S
 
 
@@ -204,7 +220,7 @@ def work(plan_path: str | Path, launch: str) -> None:
     import torch
     from accelerate import PartialState
 
-    from helpers.experiments import generate, image_key, key_name, pipeline_fingerprint
+    from helpers.experiments import image_key, key_name, pipeline_fingerprint
     from helpers.loading import load_pipeline
 
     state = PartialState(cpu=not torch.cuda.is_available())  # without a GPU: one CPU process each (gloo)
@@ -216,19 +232,36 @@ def work(plan_path: str | Path, launch: str) -> None:
     fingerprint = pipeline_fingerprint(pipe)
     journal.write("loaded", device=device, seconds=time.time() - started, processes=state.num_processes)
     with state.split_between_processes(plan.settings()) as mine:
+        held_elsewhere = []
         for settings in mine:
             name = key_name(image_key(pipe, plan.model, settings, fingerprint))
             if not claim(plan.folder, name):
                 journal.write("left to another process", file=name)
+                held_elsewhere.append((name, settings))
                 continue
-            try:
-                begun = time.time()
-                _, made = generate(pipe, plan.model, settings, plan.folder, fingerprint=fingerprint)
-                journal.write("made" if made else "found", file=name, began=begun)
-            finally:
-                release(plan.folder, name)
+            _make(pipe, plan, settings, name, fingerprint, journal)
+        # Claims held by others: wait until their picture is there, or take the claim over once it is abandoned
+        # (its process died, its pid is another's now, or it stayed unreadable): never leave a picture missing.
+        for name, settings in held_elsewhere:
+            while not (plan.folder / name).is_file():
+                if claim(plan.folder, name):
+                    _make(pipe, plan, settings, name, fingerprint, journal)
+                    break
+                time.sleep(POLL_S)
     journal.write("done")
     state.wait_for_everyone()
+
+
+def _make(pipe, plan, settings, name: str, fingerprint: str, journal) -> None:
+    """Make (or find) one claimed picture, then give the claim up."""
+    from helpers.experiments import generate
+
+    try:
+        begun = time.time()
+        _, made = generate(pipe, plan.model, settings, plan.folder, fingerprint=fingerprint)
+        journal.write("made" if made else "found", file=name, began=begun)
+    finally:
+        release(plan.folder, name)
 
 
 # --- Launching ----------------------------------------------------------------------------------------------------

@@ -182,3 +182,25 @@ def test_each_process_of_a_launch_counts_its_share_of_the_ram(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # set by torchrun in each of four processes on one machine
     assert _processes_launched_together() == 4
     assert MACHINES["sagemaker-g5-12xlarge"].share(4).host_gb == pytest.approx(206.2 / 4)
+
+
+def test_a_claim_whose_pid_is_another_process_now_is_taken_over(tmp_path):
+    claims = tmp_path / CLAIMS
+    claims.mkdir()
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "since": 0, "started": -1}  # this pid, earlier owner
+    (claims / "e.png.claim").write_text(json.dumps(record))
+    assert claim(tmp_path, "e.png"), "a pid reused by an unrelated process does not keep the claim"
+
+
+def test_an_unreadable_claim_is_honoured_only_for_a_while(tmp_path, monkeypatch):
+    from helpers import distributed
+
+    claims = tmp_path / CLAIMS
+    claims.mkdir()
+    for text in ("{", "[1, 2]", '{"pid": "seven"}'):
+        (claims / "f.png.claim").write_text(text)
+        assert not claim(tmp_path, "f.png"), text
+        monkeypatch.setattr(distributed, "UNREADABLE_CLAIM_S", -1)
+        assert claim(tmp_path, "f.png"), text
+        monkeypatch.setattr(distributed, "UNREADABLE_CLAIM_S", 60)
+        release(tmp_path, "f.png")

@@ -8,6 +8,7 @@ wherever it is made. Importing this module is cheap: it does not import torch.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,12 @@ T5_MAX_TOKENS = 512
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number: Python's, or NumPy's scalars (registered with `numbers`), never a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and _is_number(value)
 
 
 def check_guidance_scale(value: Any, name: str = "guidance_scale") -> float:
@@ -37,17 +43,17 @@ def check_guidance_scale(value: Any, name: str = "guidance_scale") -> float:
 
 def check_steps(value: Any, name: str = "num_inference_steps") -> int:
     """A whole number of denoising steps, at least 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not _is_whole(value) or value < 1:
         raise ValueError(f"{name}={value!r} must be a whole number of at least 1, e.g. 28.")
-    return value
+    return int(value)
 
 
 def check_seed(value: Any, name: str = "seed", maximum: int = MAX_SEED) -> int:
     """A whole number from 0 to `maximum` (torch.Generator takes up to 2**63 - 1, NumPy's global seed 2**32 - 1)."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+    if not _is_whole(value) or not 0 <= value <= maximum:
         limit = "2**63 - 1" if maximum == MAX_SEED else f"{maximum:,}"
         raise ValueError(f"{name}={value!r} must be a whole number from 0 to {limit}, e.g. 0.")
-    return value
+    return int(value)
 
 
 def check_strength(value: Any, name: str = "strength") -> float:

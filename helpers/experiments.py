@@ -67,25 +67,29 @@ def weights_signature(pipe) -> dict[str, str]:
     return signature
 
 
-def check_settings(settings: dict[str, Any]) -> None:
-    """Raise, naming the setting, its value and the fix, for anything a pipeline would reject or misread."""
+def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Raise, naming the setting, its value and the fix, for anything a pipeline would reject or misread. Returns
+    the settings with numbers as Python's own (NumPy scalars accepted; guidance 7 and 7.0 are one setting, so one
+    cache entry)."""
     unknown = sorted(set(settings) - PARAMETERS)
     if unknown:
         raise ValueError(f"unknown setting {unknown[0]!r}. Settings a sweep knows: {', '.join(sorted(PARAMETERS))}.")
     missing = [name for name in REQUIRED if name not in settings]
     if missing:
         raise ValueError(f"setting {missing[0]!r} is missing; give it a value, e.g. in `fixed`.")
-    check_guidance_scale(settings["guidance_scale"])
-    steps = check_steps(settings["num_inference_steps"])
-    check_seed(settings["seed"])
+    checked = dict(settings)
+    checked["guidance_scale"] = check_guidance_scale(settings["guidance_scale"])
+    checked["num_inference_steps"] = steps = check_steps(settings["num_inference_steps"])
+    checked["seed"] = check_seed(settings["seed"])
     check_prompt(settings["prompt"])
     if settings.get("negative_prompt") is not None:  # None means no negative prompt, as in diffusers
         check_prompt(settings["negative_prompt"], "negative_prompt")
     for side in ("height", "width"):
         if settings.get(side) is not None:
-            check_side(side, settings[side])
+            checked[side] = check_side(side, int(settings[side]) if _whole(settings[side]) else settings[side])
     if settings.get("strength") is not None:
-        check_strength_for_steps(check_strength(settings["strength"]), steps)
+        checked["strength"] = check_strength(settings["strength"])
+        check_strength_for_steps(checked["strength"], steps)
     if settings.get("max_sequence_length") is not None:
         check_max_sequence_length(settings["max_sequence_length"])
     for name, modes, helper in (("image", ("RGB",), "prepare_image"), ("mask_image", ("L", "1"), "prepare_mask")):
@@ -94,6 +98,13 @@ def check_settings(settings: dict[str, Any]) -> None:
             what = f"a {value.mode} image" if isinstance(value, Image.Image) else repr(type(value).__name__)
             raise ValueError(f"{name} is {what}; the pipeline takes {' or '.join(modes)}. Pass it through "
                              f"{helper}() first, which converts it faithfully and says what it did.")
+    return checked
+
+
+def _whole(value: Any) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -177,7 +188,7 @@ def generate(
     """
     import torch
 
-    check_settings(settings)
+    settings = check_settings(settings)
     folder = Path(folder) if folder is not None else output_dir() / "sweeps"
     key = image_key(pipe, model, settings, fingerprint)
     path = folder / key_name(key)

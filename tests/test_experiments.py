@@ -273,3 +273,12 @@ def test_a_cache_name_that_is_not_a_picture_stops_the_sweep_and_is_left_alone(pi
     with pytest.raises(OSError, match="is a (folder|link), where this sweep keeps the picture"):
         run_sweep(pipe, "tiny", FIXED, {"seed": [0]}, folder=tmp_path, progress=False)
     assert path.is_symlink() or (path / "mine.txt").read_text() == "keep"
+
+
+def test_numpy_numbers_are_settings_like_python_numbers_and_equal_values_share_a_picture(pipe, tmp_path):
+    first = run_sweep(pipe, "tiny", {**FIXED, "guidance_scale": 4}, {"seed": [np.int64(0)]}, folder=tmp_path,
+                      progress=False)
+    again = run_sweep(pipe, "tiny", {**FIXED, "guidance_scale": np.float32(4.0)}, {"seed": [0]}, folder=tmp_path,
+                      progress=False)
+    assert (first.generated, again.generated, again.reused) == (1, 0, 1)
+    assert first.entries[0][1] == again.entries[0][1]

@@ -26,9 +26,10 @@ TASKS = {
     "inpainting": "StableDiffusion3InpaintPipeline",
 }
 
-# The pipelines handed out, by route: a new task reuses their components through `from_pipe`.
-# Weak references, so the memory is freed once the reader holds none of them.
-_loaded: dict[Route, weakref.WeakSet] = {}
+# The pipelines handed out, by what was asked (with the route they were loaded with): a new task reuses their
+# components through `from_pipe`. Weak references, so the memory is freed once the reader holds none of them.
+_loaded: dict[tuple, weakref.WeakSet] = {}
+_requested: dict[tuple, Route] = {}
 
 
 def _pipeline_class(task: str):
@@ -85,10 +86,18 @@ def load_pipeline(
     """
     spec = get_model(model)
     pipeline_class = _pipeline_class(task)
-    route = plan_route(spec, machine=machine, device=device, dtype=dtype, offload=offload, quantize=quantize, t5=t5)
-    alive = _loaded.setdefault(route, weakref.WeakSet())
+    # Looked up first by what was asked: once a model is loaded the GPU's free memory is smaller, and planning again
+    # would find that the model no longer fits beside itself. Then by the route, so that options spelled another way
+    # ('auto' or the value it resolves to) share one pipeline.
+    request = (spec, machine or emulated_setting(), device, dtype, offload, quantize, t5)
+    route = _requested.get(request)
+    if route is None or not _loaded.get(route.key):
+        route = plan_route(spec, machine=machine, device=device, dtype=dtype, offload=offload, quantize=quantize,
+                           t5=t5)
+    alive = _loaded.setdefault(route.key, weakref.WeakSet())
     for pipe in list(alive):
         if type(pipe) is pipeline_class:
+            _requested[request] = route
             return pipe
     if alive:
         # dtype must be passed: diffusers' from_pipe otherwise casts the shared parts to float32.
@@ -98,8 +107,16 @@ def load_pipeline(
             print(route.report())
         pipe = build_pipeline(route, pipeline_class)
     alive.add(pipe)
+    _requested[request] = route
     remember(pipe, route)
     return pipe
+
+
+def emulated_setting() -> str:
+    """SD35_MACHINE as set now (part of what a load asked for)."""
+    import os
+
+    return os.environ.get("SD35_MACHINE", "").strip().lower()
 
 
 def load_weights(pipeline_class, route: Route):

@@ -11,7 +11,7 @@ streams) is planned and reported, not run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from helpers.machines import Machine, emulated_machine, get_machine, live_machine
@@ -78,6 +78,13 @@ class Route:
     vae_tiling: bool = False
     strategy: str | None = None
     """The helpers.memory strategy these options stand for (None: an offline model, or a CPU)."""
+
+    @property
+    def key(self) -> tuple:
+        """What makes two loads the same: every field, the machine by its name (a GPU's free memory changes)."""
+        from dataclasses import astuple
+
+        return (*astuple(replace(self, machine=None)), None if self.machine is None else self.machine.name)
 
     @property
     def torch_dtype(self) -> torch.dtype:

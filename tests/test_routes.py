@@ -100,3 +100,21 @@ def test_time_estimates_scale_with_the_machines_throughput():
     t4 = estimated_seconds_per_image(plan_route("large", machine="colab-t4"), steps=28, guidance_scale=4.5, size=1024)
     assert h100 == pytest.approx(5.58, rel=0.01)  # calibrated on the H100's measurement
     assert t4 == pytest.approx(5.58 * 989 / 65 * 1.02, rel=0.01)  # the same share of a T4's fp16 peak, NF4's 2%
+
+
+def test_another_task_reuses_a_loaded_pipeline_without_planning_again(monkeypatch):
+    """On a GPU, planning again after a load would see less free memory and might find the model no longer fits
+    beside itself: a second task of the same request reuses the pipeline's parts instead."""
+    from helpers import loading
+
+    pipe = load_pipeline("tiny", dtype=torch.float64, t5="keep")
+
+    def plan_again(*args, **kwargs):
+        raise MemoryError("planned again")
+
+    monkeypatch.setattr(loading, "plan_route", plan_again)
+    other = load_pipeline("tiny", "image-to-image", dtype=torch.float64, t5="keep")
+    assert other.transformer is pipe.transformer and route_of(other) == route_of(pipe)
+    monkeypatch.undo()
+    spelled_otherwise = load_pipeline("tiny", "image-to-image", dtype=torch.float64, t5="auto")
+    assert spelled_otherwise is other

@@ -6,6 +6,7 @@ Introduced in notebook 01. The token comes from HF_TOKEN, a cached login (`hf au
 
 from __future__ import annotations
 
+import re
 import threading
 import unicodedata
 
@@ -35,6 +36,48 @@ class LicenceNotAcceptedError(ModelAccessError):
 
 class HubUnreachableError(ModelAccessError):
     """The hub could not be reached (no network, a firewall, or offline mode)."""
+
+
+class Token:
+    """A Hugging Face token held so that it never shows: its repr and str say only that it is hidden (a traceback
+    printed with its local variables, `%xmode Verbose` or `pytest --showlocals`, shows this), and `reveal()` hands
+    the text to the one call that sends it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Token) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Token", len(self._value)))
+
+    def __repr__(self) -> str:
+        return f"Token(hidden, {len(self._value)} characters)"
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        raise TypeError("a Token is never pickled or saved")
+
+
+TOKEN_SHAPED = re.compile(r"hf_[A-Za-z0-9]{6,}")
+
+
+def scrub(text: str, token: Token | str | None = None) -> str:
+    """`text` (a hub's or a proxy's words) with the token and anything shaped like one replaced."""
+    value = token.reveal() if isinstance(token, Token) else token
+    if value:
+        text = text.replace(value, "[token hidden]")
+    return TOKEN_SHAPED.sub("[token hidden]", text)
 
 
 def has_token() -> bool:
@@ -68,11 +111,14 @@ def _character_name(character: str) -> str:
     return names.get(character) or f"the character {unicodedata.name(character, 'without a name').lower()}"
 
 
-def check_token_shape(token: str) -> str:
-    """`token` if it can be a Hugging Face token (printable ASCII, no spaces), else InvalidTokenError saying what
-    is wrong and where, without its value: copy-paste artefacts (line breaks, zero-width or non-breaking spaces)
-    otherwise reach the hub as a malformed header."""
-    for position, character in enumerate(token, start=1):
+def check_token_shape(token: Token | str) -> Token:
+    """`token` (as a Token) if it can be a Hugging Face token (printable ASCII, no spaces), else InvalidTokenError
+    saying what is wrong and where, without its value: copy-paste artefacts (line breaks, zero-width or
+    non-breaking spaces) otherwise reach the hub as a malformed header."""
+    if not isinstance(token, (Token, str)):
+        raise InvalidTokenError(f"token must be text (a str) or a helpers Token, not {type(token).__name__}.")
+    token = token if isinstance(token, Token) else Token(token)
+    for position, character in enumerate(token.reveal(), start=1):
         if not (character.isascii() and character.isprintable()) or character.isspace():
             raise InvalidTokenError(
                 f"Your Hugging Face token contains {_character_name(character)} (U+{ord(character):04X}) at "
@@ -87,9 +133,11 @@ def check_token_shape(token: str) -> str:
     return token
 
 
-def require_token(hub_id: str) -> str:
-    """The token to use for a gated model, checked for shape, or MissingTokenError with the steps to get one."""
+def require_token(hub_id: str) -> Token:
+    """The token to use for a gated model (a Token: it never shows), checked for shape, or MissingTokenError with
+    the steps to get one."""
     token = get_token()
+    token = None if token is None else Token(token)
     if token is None:
         raise MissingTokenError(
             f"No Hugging Face token found, and {hub_id} is a gated model: its weights need a token from an "
@@ -124,51 +172,60 @@ def _answer_within(call, timeout_s: float, hub_id: str) -> None:
         raise outcome[0]
 
 
-def check_access(hub_id: str, token: str, *, endpoint: str | None = None, timeout_s: float = HUB_TIMEOUT_S) -> None:
+def check_access(hub_id: str, token: Token | str, *, endpoint: str | None = None,
+                 timeout_s: float = HUB_TIMEOUT_S) -> None:
     """Ask the hub whether `token` may download `hub_id`; raise a ModelAccessError that says what to do if not.
 
     Nothing is downloaded. `endpoint` is the hub's address (default: huggingface.co or HF_ENDPOINT). A hub that
-    does not answer within `timeout_s` seconds is reported as stalled. No message contains the token.
+    does not answer within `timeout_s` seconds is reported as stalled. No message contains the token, and none keeps
+    the hub's own exception (raised outside its handler: no `__context__` to print).
     """
-    check_token_shape(token)
+    token = check_token_shape(token)
+    problem = _access_problem(hub_id, token, endpoint, timeout_s)
+    if problem is not None:
+        raise problem
+
+
+def _access_problem(hub_id: str, token: Token, endpoint, timeout_s: float) -> ModelAccessError | None:
     try:
-        _answer_within(lambda: HfApi(endpoint=endpoint).auth_check(hub_id, token=token), timeout_s, hub_id)
+        _answer_within(lambda: HfApi(endpoint=endpoint).auth_check(hub_id, token=token.reveal()), timeout_s, hub_id)
     except GatedRepoError as error:
-        hub_says = error.server_message or ""
-        raise LicenceNotAcceptedError(
+        hub_says = scrub(error.server_message or "", token)
+        return LicenceNotAcceptedError(
             f"Your token works, but its account may not download {hub_id} yet: the licence on the model page has "
             f"not been accepted, or the request is still being reviewed.\n"
             f"  Open https://huggingface.co/{hub_id}, log in with the account that owns the token, and accept the "
             f"licence ('Agree and access repository'). Access is usually granted at once; then run this cell again."
             + (f"\n  The hub said: {hub_says}" if hub_says else "")
-        ) from None
+        )
     except RepositoryNotFoundError:
-        raise ModelAccessError(
+        return ModelAccessError(
             f"The hub reports no repository {hub_id!r} visible to your token. Check the model name, and that the "
             f"token belongs to the account that accepted the licence.\n{_login_steps(hub_id)}"
-        ) from None
+        )
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else None
         if status == 401:
-            raise InvalidTokenError(
+            return InvalidTokenError(
                 f"The hub rejected your token (HTTP 401): it is mistyped, expired or revoked. Create a new one at "
                 f"{TOKEN_PAGE} and log in again.\n{_login_steps(hub_id)}"
-            ) from None
-        raise ModelAccessError(
+            )
+        return ModelAccessError(
             f"The hub answered HTTP {status} while checking access to {hub_id}. Try again in a minute; "
             f"https://status.huggingface.co shows outages."
-        ) from None
+        )
     except OfflineModeIsEnabled:
-        raise HubUnreachableError(
+        return HubUnreachableError(
             f"HF_HUB_OFFLINE is set, so the hub cannot be asked for {hub_id}. Unset HF_HUB_OFFLINE to download the "
             "weights, or set SD35_MODEL=toy to run the offline toy model."
-        ) from None
+        )
     except Exception as error:
         if not _is_network_error(error):
             raise
         # The transport's own message can quote the request's headers, token included: only its type is named.
-        raise HubUnreachableError(
+        return HubUnreachableError(
             f"Could not reach the Hugging Face hub to download {hub_id} ({type(error).__name__}). "
             "Check the machine's internet connection (in SageMaker: the VPC's internet access). "
             "To work without a network, set SD35_MODEL=toy to run the offline toy model."
-        ) from None
+        )
+    return None

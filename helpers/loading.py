@@ -128,7 +128,8 @@ def load_weights(pipeline_class, route: Route):
     spec, device, dtype = get_model(route.runs), route.device, route.torch_dtype
     on_gpu = str(device).startswith("cuda")
     source, token = _weights_source(spec)
-    weights = {"dtype": dtype, "use_safetensors": True, "token": token}  # for every part loaded on its own too
+    # for every part loaded on its own too; the token stays hidden (a Token) until each call that sends it
+    weights = {"dtype": dtype, "use_safetensors": True}
     options = dict(weights)
     if route.t5 == "drop":
         options.update(text_encoder_3=None, tokenizer_3=None)
@@ -138,20 +139,21 @@ def load_weights(pipeline_class, route: Route):
         quantization.quiet_int8_cast_warning()
         options["text_encoder_3"] = T5EncoderModel.from_pretrained(
             source, subfolder="text_encoder_3", quantization_config=quantization.transformers_config(route.t5, dtype),
-            device_map=str(device), **weights,
+            device_map=str(device), **weights, token=_revealed(token),
         )
     if route.quantize and on_gpu:
         from diffusers import SD3Transformer2DModel
 
         options["transformer"] = SD3Transformer2DModel.from_pretrained(
             source, subfolder="transformer", quantization_config=quantization.diffusers_nf4_config(dtype), **weights,
+            token=_revealed(token),
         )
     has_quantized_parts = route.quantize is not None and on_gpu or route.t5 in ("nf4", "int8")
     # Without offload, weights load straight onto the device, never all at once into CPU memory (Colab's T4
     # machines have 13 GB of it). Offload keeps them in CPU memory; quantized parts are placed by their loaders.
     offloaded = route.offload is not None and not route.emulated
     device_map = str(device) if not offloaded and not has_quantized_parts else None
-    pipe = _from_pretrained(pipeline_class, spec, source, device_map=device_map, **options)
+    pipe = _from_pretrained(pipeline_class, spec, source, token, device_map=device_map, **options)
     if device_map is None and not offloaded:
         pipe.to(device)  # moves the parts not yet there; diffusers moves 4-bit parts as they are
     return pipe
@@ -172,7 +174,11 @@ def toy_model_dir() -> Path:
     return TOY_MODEL_DIR
 
 
-def _weights_source(spec: ModelSpec) -> tuple[object, str | None]:
+def _revealed(token):
+    return None if token is None else token.reveal()
+
+
+def _weights_source(spec: ModelSpec) -> tuple[object, object]:
     """Where the weights come from, and the token to use: an offline model's folder, or the hub after access
     checks."""
     if spec.is_toy:
@@ -196,10 +202,11 @@ def check_can_load(model: str | ModelSpec) -> None:
     _weights_source(get_model(model))
 
 
-def _from_pretrained(pipeline_class, spec: ModelSpec, source, **options):
+def _from_pretrained(pipeline_class, spec: ModelSpec, source, token=None, **options):
+    """`from_pretrained`, the token revealed only inside the call (no frame of ours holds its text)."""
     if spec.is_stand_in:
         from helpers.tiny import quiet_transformers_progress
 
         with quiet_transformers_progress():
-            return pipeline_class.from_pretrained(source, **options)
-    return pipeline_class.from_pretrained(source, **options)
+            return pipeline_class.from_pretrained(source, **options, token=_revealed(token))
+    return pipeline_class.from_pretrained(source, **options, token=_revealed(token))

@@ -92,7 +92,7 @@ def test_licence_not_accepted_says_where_to_accept_it(hub):
     assert f"https://huggingface.co/{REPO}" in message
     assert "accept the licence" in message
     assert "not in the authorized list" in message  # the hub's own words are passed on
-    assert error.value.__cause__ is None and error.value.__suppress_context__  # no raw 403 traceback
+    assert error.value.__cause__ is None and error.value.__context__ is None  # no raw 403 traceback
 
 
 def test_rejected_token_says_to_make_a_new_one(hub):
@@ -135,7 +135,34 @@ def test_missing_token_gives_the_steps():
 def test_token_from_the_environment_is_found_and_never_shown(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", SECRET)
     assert has_token()
-    assert require_token(REPO) == SECRET
+    token = require_token(REPO)
+    assert token.reveal() == SECRET
+    assert SECRET not in repr(token) + str(token) + f"{token}" + repr({"token": token})
+
+
+def test_a_token_cannot_be_pickled():
+    import pickle
+
+    from helpers.access import Token
+
+    with pytest.raises(TypeError, match="never pickled"):
+        pickle.dumps(Token(SECRET))
+
+
+def test_token_shaped_text_from_the_hub_is_scrubbed():
+    from helpers.access import Token, scrub
+
+    said = f"Access denied for Bearer {SECRET}; also hf_AnotherOneThatLeaked123 and my-proxy-token"
+    cleaned = scrub(said, Token("my-proxy-token"))
+    assert SECRET not in cleaned and "hf_AnotherOneThatLeaked123" not in cleaned and "my-proxy-token" not in cleaned
+    assert cleaned.count("[token hidden]") == 3
+
+
+def test_refusals_keep_no_hub_exception_behind_them(hub):
+    for token in ("hf_not_accepted", "hf_expired", "hf_wrong_repo", "hf_server_error"):
+        with pytest.raises(ModelAccessError) as error:
+            check_access(REPO, token, endpoint=hub)
+        assert error.value.__context__ is None and error.value.__cause__ is None
 
 
 def test_error_messages_never_contain_the_token(hub):

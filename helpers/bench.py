@@ -363,9 +363,7 @@ def load_for_bench(args: argparse.Namespace):
     if args.weights == "random" and spec.is_stand_in:
         raise ValueError("--weights random builds a full-size model; use it with --model large, large-turbo or medium.")
     options = {"offload": args.offload or "auto", "quantize": args.quantize, "t5": "drop" if args.drop_t5 else "keep"}
-    route = plan_route(spec, **options)
-    if args.fuse_qkv and route.cannot_fuse_qkv():
-        raise ValueError(f"--fuse-qkv cannot be used here: {route.cannot_fuse_qkv()}. Time one or the other.")
+    route = plan_route(spec, **options)  # 'auto' offload picks none or model offload: both can be fused
     if args.compile and not route.device.startswith("cuda"):
         raise ValueError("--compile needs a CUDA GPU: on a CPU, compiling takes minutes and measures nothing useful.")
     if args.compile and route.dtype == "bfloat16" and not route.machine.bf16_tensor_cores:

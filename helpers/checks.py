@@ -16,7 +16,7 @@ from typing import Any
 from helpers.models import check_side
 
 __all__ = ["check_guidance_scale", "check_max_sequence_length", "check_output_file", "check_prompt", "check_seed",
-           "check_side", "check_steps", "check_strength", "check_strength_for_steps", "steps_run"]
+           "check_side", "check_steps", "check_strength", "check_strength_for_steps", "is_whole", "steps_run"]
 
 MAX_SEED = 2**63 - 1
 """torch.Generator.manual_seed takes seeds up to this."""
@@ -29,7 +29,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
 
 
-def _is_whole(value: Any) -> bool:
+def is_whole(value: Any) -> bool:
+    """A whole number: Python's or NumPy's, never a bool."""
     return isinstance(value, numbers.Integral) and _is_number(value)
 
 
@@ -43,14 +44,14 @@ def check_guidance_scale(value: Any, name: str = "guidance_scale") -> float:
 
 def check_steps(value: Any, name: str = "num_inference_steps") -> int:
     """A whole number of denoising steps, at least 1."""
-    if not _is_whole(value) or value < 1:
+    if not is_whole(value) or value < 1:
         raise ValueError(f"{name}={value!r} must be a whole number of at least 1, e.g. 28.")
     return int(value)
 
 
 def check_seed(value: Any, name: str = "seed", maximum: int = MAX_SEED) -> int:
     """A whole number from 0 to `maximum` (torch.Generator takes up to 2**63 - 1, NumPy's global seed 2**32 - 1)."""
-    if not _is_whole(value) or not 0 <= value <= maximum:
+    if not is_whole(value) or not 0 <= value <= maximum:
         limit = "2**63 - 1" if maximum == MAX_SEED else f"{maximum:,}"
         raise ValueError(f"{name}={value!r} must be a whole number from 0 to {limit}, e.g. 0.")
     return int(value)

@@ -30,6 +30,7 @@ from helpers.checks import (
     check_steps,
     check_strength,
     check_strength_for_steps,
+    is_whole,
 )
 from helpers.images import STAGING_PREFIX, image_grid, output_dir, read_metadata, write_png
 
@@ -86,7 +87,7 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
         check_prompt(settings["negative_prompt"], "negative_prompt")
     for side in ("height", "width"):
         if settings.get(side) is not None:
-            checked[side] = check_side(side, int(settings[side]) if _whole(settings[side]) else settings[side])
+            checked[side] = check_side(side, int(settings[side]) if is_whole(settings[side]) else settings[side])
     if settings.get("strength") is not None:
         checked["strength"] = check_strength(settings["strength"])
         check_strength_for_steps(checked["strength"], steps)
@@ -100,11 +101,6 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
                              f"{helper}() first, which converts it faithfully and says what it did.")
     return checked
 
-
-def _whole(value: Any) -> bool:
-    import numbers
-
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")

@@ -367,7 +367,6 @@ def check_t4_vae_decode(recorder: Recorder) -> None:
     from helpers.architecture import build_component
     from helpers.memory import activations, breakdown, im2col_bytes
 
-    latents = {}
     for dtype, cudnn in (("bfloat16", False), ("float16", True), ("bfloat16", True)):
         with recorder.case(f"VAE decode, {dtype}, cuDNN {'on' if cudnn else 'off'}", dtype=dtype) as record:
             vae = build_component("large", "vae", device="cuda", dtype=getattr(torch, dtype)).eval()

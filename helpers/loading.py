@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from helpers.access import check_access, require_token
+from helpers.machines import emulated_machine
 from helpers.models import ModelSpec, get_model
 from helpers.routes import Route, build_pipeline, plan_route, remember
 
@@ -89,7 +90,7 @@ def load_pipeline(
     # Looked up first by what was asked: once a model is loaded the GPU's free memory is smaller, and planning again
     # would find that the model no longer fits beside itself. Then by the route, so that options spelled another way
     # ('auto' or the value it resolves to) share one pipeline.
-    request = (spec, machine or emulated_setting(), device, dtype, offload, quantize, t5)
+    request = (spec, machine or emulated_machine(), device, dtype, offload, quantize, t5)
     route = _requested.get(request)
     if route is None or not _loaded.get(route.key):
         route = plan_route(spec, machine=machine, device=device, dtype=dtype, offload=offload, quantize=quantize,
@@ -110,13 +111,6 @@ def load_pipeline(
     _requested[request] = route
     remember(pipe, route)
     return pipe
-
-
-def emulated_setting() -> str:
-    """SD35_MACHINE as set now (part of what a load asked for)."""
-    import os
-
-    return os.environ.get("SD35_MACHINE", "").strip().lower()
 
 
 def load_weights(pipeline_class, route: Route):
@@ -151,10 +145,9 @@ def load_weights(pipeline_class, route: Route):
     has_quantized_parts = route.quantize is not None and on_gpu or route.t5 in ("nf4", "int8")
     # Without offload, weights load straight onto the device, never all at once into CPU memory (Colab's T4
     # machines have 13 GB of it). Offload keeps them in CPU memory; quantized parts are placed by their loaders.
-    offloaded = route.offload is not None and not route.emulated
-    device_map = str(device) if not offloaded and not has_quantized_parts else None
+    device_map = str(device) if not route.offloads_here and not has_quantized_parts else None
     pipe = _from_pretrained(pipeline_class, spec, source, token, device_map=device_map, **options)
-    if device_map is None and not offloaded:
+    if device_map is None and not route.offloads_here:
         pipe.to(device)  # moves the parts not yet there; diffusers moves 4-bit parts as they are
     return pipe
 

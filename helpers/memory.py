@@ -273,9 +273,9 @@ def weights(model: str, strategy: Strategy, dtype: str = "bfloat16") -> dict[str
     storage = STORAGE_OF_DTYPE.get(dtype)
     if storage is None:
         raise ValueError(f"dtype={dtype!r} is not a dtype. Use one of: {', '.join(STORAGE_OF_DTYPE)}.")
+    chosen = {"transformer": strategy.quantize, "text_encoder_3": {"keep": None}.get(strategy.t5, strategy.t5)}
     sizes = {}
     for part in COMPONENTS:
-        chosen = {"transformer": strategy.quantize, "text_encoder_3": {"keep": None}.get(strategy.t5, strategy.t5)}
         kind = chosen.get(part)
         if kind == "drop":
             sizes[part] = 0

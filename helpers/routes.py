@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from helpers.machines import Machine, emulated_machine, get_machine, live_machine
+from helpers.machines import MACHINES, Machine, emulated_machine, get_machine, live_machine
 from helpers.models import ModelSpec, get_model
 
 if TYPE_CHECKING:
@@ -91,6 +91,11 @@ class Route:
         import torch
 
         return getattr(torch, self.dtype)
+
+    @property
+    def offloads_here(self) -> bool:
+        """Whether offload hooks are turned on here (an emulated route only plans them)."""
+        return self.offload is not None and not self.emulated
 
     @property
     def quantized(self) -> bool:
@@ -229,7 +234,7 @@ def plan_route(model: str | ModelSpec, *, machine: str | Machine | None = None, 
     CPU; else for the GPU here (`device`); else for this CPU. Options left 'auto' take the first route of
     AUTO_ROUTES that fits (helpers.memory's estimates, in the machine's dtype), turning on VAE tiling where only
     that makes the decode fit. Raises, naming the value and the fix, before anything loads."""
-    from helpers.memory import STRATEGIES, fits_machine, load_options, strategy_named
+    from helpers.memory import fits_machine, load_options, strategy_named
 
     spec = get_model(model)
     check_choices(offload, quantize, t5)
@@ -246,26 +251,24 @@ def plan_route(model: str | ModelSpec, *, machine: str | Machine | None = None, 
         target = live_machine(device)
     planned = spec.plays or spec.name
     base = {"model": planned, "runs": spec.name, "machine": target, "emulated": emulated, "device": device}
+    chosen = {"offload": offload, "quantize": quantize, "t5": t5}
+    # the options as asked, each 'auto' read as the default it stands for where nothing is planned
+    as_asked = {"offload": None if offload == "auto" else offload, "quantize": None if quantize == "auto" else
+                quantize, "t5": "keep" if t5 == "auto" else t5}
     if target is None:  # this CPU, nothing to plan
         if offload not in ("auto", None):
             raise ValueError(f"offload={offload!r} needs a CUDA GPU; device={device!r}. Use offload=None on a CPU.")
-        return Route(**base, dtype=dtype or "float32", quantize=None if quantize == "auto" else quantize,
-                     t5="keep" if t5 == "auto" else t5)
+        return Route(**base, dtype=dtype or "float32", **as_asked)
     dtype = dtype or target.dtype
     attention = "fused" if target.fused_attention(dtype) else "bounded"
-    chosen = {"offload": offload, "quantize": quantize, "t5": t5}
     if get_model(planned).is_stand_in:  # an offline model fits any machine
-        options = {"offload": None if offload == "auto" else offload, "quantize": None if quantize == "auto" else
-                   quantize, "t5": "keep" if t5 == "auto" else t5}
-        return Route(**base, dtype=dtype, attention=attention, **options)
+        return Route(**base, dtype=dtype, attention=attention, **as_asked)
     side = size or get_model(planned).height
     if offload != "auto":  # an explicit offload: check the options as given
-        options = {"offload": offload, "quantize": None if quantize == "auto" else quantize,
-                   "t5": "keep" if t5 == "auto" else t5}
-        name = strategy_named(options)
+        name = strategy_named(as_asked)
         candidates = [name] if name else []
         if not name:  # a combination helpers.memory does not estimate: loaded as asked, not refused
-            return Route(**base, dtype=dtype, attention=attention, **options)
+            return Route(**base, dtype=dtype, attention=attention, **as_asked)
     else:
         candidates = [name for name in AUTO_ROUTES
                       if all(value in ("auto", load_options(name).get(key, {"t5": "keep"}.get(key)))
@@ -277,17 +280,17 @@ def plan_route(model: str | ModelSpec, *, machine: str | Machine | None = None, 
                 return Route(**base, dtype=dtype, attention=attention, vae_tiling=tiling, strategy=name, **options)
     raise _does_not_fit(get_model(planned), target, dtype, side, ", ".join(f"{key}={value!r}" for key, value in
                                                                          chosen.items() if value != "auto")
-                        or "any automatic route", [n for n in STRATEGIES if n != "embeddings-once"])
+                        or "any automatic route")
 
 
-def _does_not_fit(spec: ModelSpec, machine: Machine, dtype: str, size: int, options: str, names) -> MemoryError:
+def _does_not_fit(spec: ModelSpec, machine: Machine, dtype: str, size: int, options: str) -> MemoryError:
     """The error for a model that does not fit a machine with `options`, listing the options that fit."""
-    from helpers.memory import fits_machine, load_options
+    from helpers.memory import load_options, routes_that_fit
 
     fitting = [", ".join(f"{key}={value!r}" for key, value in load_options(name).items())
-               for name in names if fits_machine(spec.name, name, machine, size, dtype)]
+               for name in routes_that_fit(spec.name, machine, size, dtype)]
     host = "" if machine.host_gb is None else f", {machine.host_gb:.1f} GB of RAM"
-    flags = (f"--machine {machine.name}" if machine.name in _catalogue() else
+    flags = (f"--machine {machine.name}" if machine.name in MACHINES else
              f"--gpu-gb {machine.gpu_gb:.0f}" + ("" if machine.host_gb is None else f" --host-gb {machine.host_gb:.0f}")
              + " --compute-capability " + ".".join(map(str, machine.compute_capability)))
     return MemoryError(
@@ -298,12 +301,6 @@ def _does_not_fit(spec: ModelSpec, machine: Machine, dtype: str, size: int, opti
         + f"A pipeline loaded earlier takes its share: `del` it first. `python -m helpers.memory {flags}` shows "
           "every estimate."
     )
-
-
-def _catalogue():
-    from helpers.machines import MACHINES
-
-    return MACHINES
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -394,7 +391,7 @@ def build_pipeline(route: Route, pipeline_class=None, *, weights: str = "pretrai
         bound_attention_memory(pipe)  # no fused kernel for this dtype here: GBs of scores otherwise
     if route.vae_tiling:
         tile_vae_decode(pipe.vae)
-    if route.offload and not route.emulated:
+    if route.offloads_here:
         apply_offload(pipe, route.offload, route.device)
     guard_against_non_finite(pipe)
     return pipe
@@ -426,7 +423,7 @@ def _random_weights(route: Route):
             continue
         # .to(dtype): diffusers builds the transformer's positional table in float32; a checkpoint loads it in dtype
         module = build_component(spec.name, part, device=build_on, dtype=dtype).to(dtype=dtype).eval()
-        if part == "text_encoder_3" and dtype.is_floating_point and route.dtype == "float16":
+        if part == "text_encoder_3" and route.dtype == "float16":
             for name, layer in module.named_modules():  # as transformers loads T5 in float16: `wo` in float32
                 if name.endswith(".wo"):
                     layer.float()

@@ -14,7 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from helpers.models import MODELS, get_model
+from helpers.checks import checked, listed, pipeline
+from helpers.models import MODELS, full_size_model, get_model
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -146,6 +147,7 @@ def _meta_build(config_key: str, component: str):
     return build_component(model, component)
 
 
+@checked(model=full_size_model)
 @cache
 def component_sizes(model: str) -> tuple[ComponentSize, ...]:
     """Exact sizes of the full-size parts of `model`, with weights in bf16 (the checkpoints' format)."""
@@ -157,6 +159,7 @@ def component_sizes(model: str) -> tuple[ComponentSize, ...]:
     )
 
 
+@checked(pipe=pipeline)
 def pipeline_sizes(pipe) -> tuple[ComponentSize, ...]:
     """Sizes of the parts of a loaded pipeline, in the dtype it was loaded in."""
     return tuple(
@@ -166,6 +169,7 @@ def pipeline_sizes(pipe) -> tuple[ComponentSize, ...]:
     )
 
 
+@checked(models=listed(full_size_model, 1, 10))
 def plot_component_sizes(models: tuple[str, ...] = ("large", "medium")):
     """A stacked bar chart of each model's bf16 weights by part: where the memory goes."""
     import matplotlib.pyplot as plt

@@ -23,8 +23,27 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from helpers.checks import check_guidance_scale, check_output_file
-from helpers.models import MODELS, check_side, get_model
+from helpers.checks import (
+    check_guidance_scale,
+    check_max_sequence_length,
+    check_output_file,
+    check_prompt,
+    check_steps,
+    checked,
+    flag,
+    instance,
+    listed,
+    one_of,
+    optional,
+    pipeline,
+    side,
+    text,
+    whole,
+)
+from helpers.models import MODELS, check_side, full_size_model, get_model, model_name
+
+MAX_RUNS = 1000
+"""Timed or warm-up runs of one measurement: a bound that stops a typo from running for days."""
 
 STAGES = {
     "prompt encoding": ("text_encoder", "text_encoder_2", "text_encoder_3"),
@@ -141,6 +160,13 @@ class _PeakRss:
         self._thread.join()
 
 
+def _callable(value: Any, name: str) -> Callable[[], Any]:
+    if not callable(value):
+        raise ValueError(f"{name} must be a function to time (called with no arguments), not {type(value).__name__}.")
+    return value
+
+
+@checked(call=_callable, device=text, warmup=whole(0, MAX_RUNS), runs=whole(1, MAX_RUNS), progress=flag)
 def time_call(call: Callable[[], Any], *, device: str, warmup: int = 1, runs: int = 5, progress: bool = True):
     """Run `call` `warmup` times untimed, then `runs` times timed; return (seconds per run, peak memory, kind).
 
@@ -150,7 +176,6 @@ def time_call(call: Callable[[], Any], *, device: str, warmup: int = 1, runs: in
     import torch
     from tqdm.auto import tqdm
 
-    _check_counts(warmup=warmup, runs=runs)
     on_gpu = str(device).startswith("cuda")
     for _ in tqdm(range(warmup), desc="warm-up", disable=not progress or warmup == 0, leave=False):
         call()
@@ -172,11 +197,13 @@ def time_call(call: Callable[[], Any], *, device: str, warmup: int = 1, runs: in
 
 def _check_counts(**counts: int) -> None:
     for name, value in counts.items():
-        minimum = 0 if name == "warmup" else 1
-        if not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name}={value!r} must be a whole number of at least {minimum}.")
+        (check_steps if name == "steps" else whole(0 if name == "warmup" else 1, MAX_RUNS))(value, name)
 
 
+@checked(pipe=pipeline, model=model_name, weights=one_of("hub", "random", "trained toy", "stand-in"),
+         steps=check_steps, size=side, guidance_scale=check_guidance_scale, runs=whole(1, MAX_RUNS),
+         warmup=whole(0, MAX_RUNS), prompt=check_prompt, inputs=optional(instance(dict, "a dict of pipeline inputs")),
+         options=optional(instance(dict, "a dict of the options benchmarked")), progress=flag)
 def benchmark(
     pipe,
     *,
@@ -200,7 +227,9 @@ def benchmark(
     """
     import torch
 
-    _check_counts(steps=steps, runs=runs, warmup=warmup)
+    from helpers.experiments import check_for_pipeline
+
+    check_for_pipeline(pipe, {"height": size, "width": size})
     device = str(pipe._execution_device)
     spec = get_model(model)
     if spec.is_stand_in:
@@ -229,6 +258,13 @@ def benchmark(
     )
 
 
+def _sd3_transformer(value: Any, name: str) -> Any:
+    if not hasattr(value, "transformer_blocks") or not hasattr(value, "set_attn_processor"):
+        raise ValueError(f"{name} must be an SD3 transformer (pipe.transformer), not {type(value).__name__}.")
+    return value
+
+
+@checked(transformer=_sd3_transformer)
 def fuse_qkv_projections(transformer) -> None:
     """Fuse the q, k and v projections of each block's joint attention into one matrix multiply per stream.
 
@@ -253,10 +289,14 @@ def fuse_qkv_projections(transformer) -> None:
         block.attn.set_processor(JointAttention(fused=True, query_chunk=chunk))
 
 
+@checked(transformer=_sd3_transformer)
 def unfuse_qkv_projections(transformer) -> None:
     """Undo `fuse_qkv_projections`: the original attention processors back, and the fused weights freed.
     (diffusers 0.42's `transformer.unfuse_qkv_projections()` restores the processors but keeps the fused layers,
     2.7 GB for Large.)"""
+    if getattr(transformer, "original_attn_processors", None) is None:
+        raise ValueError("unfuse_qkv_projections: this transformer was not fused by fuse_qkv_projections(); there is "
+                         "nothing to undo.")
     transformer.set_attn_processor(transformer.original_attn_processors)
     for block in transformer.transformer_blocks:
         for name in ("to_qkv", "to_added_qkv"):
@@ -323,6 +363,7 @@ def _flops(model: str, size: int, batch: int) -> float:
     return flops_per_step(model, size=size, batch=batch)
 
 
+@checked(model=full_size_model, size=side, batch=whole(1, 64), max_sequence_length=check_max_sequence_length)
 def flops_per_step(model: str, size: int = 1024, batch: int = 2, max_sequence_length: int = 256) -> float:
     """FLOPs of one transformer call (one denoising step; batch 2 = with CFG), counted on the meta device."""
     import torch
@@ -383,6 +424,7 @@ def load_for_bench(args: argparse.Namespace):
     return pipe
 
 
+@checked(results=listed(instance(BenchResult, "a BenchResult from benchmark()")), labels=listed(text))
 def plot_results(results: list[BenchResult], labels: list[str]):
     """Median time against peak memory, one labelled point per configuration."""
     from helpers.images import unshown_subplots

@@ -8,15 +8,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from helpers.checks import checked, instance, listed, optional, text
+
 
 class Table:
     """Rows of equal keys. Shown as a Markdown table in a notebook, aligned text when printed."""
 
+    @checked(rows=listed(instance(Mapping, "a dict of column: value"), 1), title=optional(text))
     def __init__(self, rows: Sequence[Mapping[str, Any]], title: str | None = None):
-        if not rows:
-            raise ValueError("rows is empty: a table needs at least one row.")
-        self.columns = list(rows[0])
-        self.rows = [[str(row.get(column, "")) for column in self.columns] for row in rows]
+        keys = list(rows[0])
+        self.columns = [str(key) for key in keys]
+        self.rows = [[str(row.get(key, "")) for key in keys] for row in rows]
         self.title = title
 
     def _repr_markdown_(self) -> str:

@@ -26,10 +26,23 @@ import numpy as np
 from PIL import Image
 
 from helpers import world
-from helpers.experiments import TimeTeller, mean_difference, region_difference
+from helpers.checks import check_prompt, check_seed, checked, flag, instance, listed, pipeline, whole
+from helpers.experiments import (
+    PER_PICTURE,
+    TimeTeller,
+    batch_settings,
+    check_for_pipeline,
+    mean_difference,
+    region_difference,
+)
 from helpers.inputs import rectangle_mask
 
+MAX_BATCH = 256
+"""Pictures in one call of the pipeline: more than the toy needs, and far more than an SD3.5 GPU holds."""
 
+
+@checked(pipe=pipeline, prompts=listed(check_prompt), seeds=listed(check_seed), batch_size=whole(1, MAX_BATCH),
+         progress=flag, drop_t5=flag, settings=batch_settings)
 def generate_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_size: int = 16,
                    progress: bool = False, drop_t5: bool = False, **settings: Any) -> list[Image.Image]:
     """One picture per (prompt, seed), in batches of `batch_size`: `seeds[i]` seeds the i-th picture's generator,
@@ -44,11 +57,12 @@ def generate_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_
 
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds: give one seed per prompt.")
-    per_picture = {name: value for name, value in settings.items() if isinstance(value, list)}
+    per_picture = {name: value for name, value in settings.items() if name in PER_PICTURE and isinstance(value, list)}
     for name, values in per_picture.items():
         if len(values) != len(prompts):
             raise ValueError(f"{name} has {len(values)} values for {len(prompts)} prompts: give one per prompt.")
     shared = {name: value for name, value in settings.items() if name not in per_picture}
+    check_for_pipeline(pipe, {**shared, **{name: values[0] for name, values in per_picture.items() if values}})
     if drop_t5:  # the prompts go in as embeddings, encoded as a pipeline without T5 encodes them
         from helpers.encoders import embeddings_without_t5
 
@@ -101,6 +115,7 @@ class Adherence:
     readings: list[world.Reading] = field(repr=False, default_factory=list)
 
 
+@checked(pipe=pipeline, scenes=listed(instance(world.Scene, "a helpers.world.Scene")), settings=batch_settings)
 def adherence(pipe, scenes: Sequence[world.Scene], **settings: Any) -> Adherence:
     """Generate each scene's full caption (seeded by its position) and judge what the pictures show."""
     prompts = [item.caption for item in scenes]

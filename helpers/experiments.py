@@ -13,6 +13,8 @@ import hashlib
 import io
 import itertools
 import json
+import math
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import Any
 from PIL import Image
 
 from helpers.checks import (
+    MAX_COUNT,
     check_guidance_scale,
     check_max_sequence_length,
     check_prompt,
@@ -30,9 +33,19 @@ from helpers.checks import (
     check_steps,
     check_strength,
     check_strength_for_steps,
+    checked,
+    flag,
+    instance,
     is_whole,
+    listed,
+    number,
+    optional,
+    output_folder,
+    picture,
+    pipeline,
 )
 from helpers.images import STAGING_PREFIX, image_grid, output_dir, read_metadata, write_png
+from helpers.models import model_name
 
 PARAMETERS = {
     "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "height", "width", "seed",
@@ -72,7 +85,10 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Raise, naming the setting, its value and the fix, for anything a pipeline would reject or misread. Returns
     the settings with numbers as Python's own (NumPy scalars accepted; guidance 7 and 7.0 are one setting, so one
     cache entry)."""
-    unknown = sorted(set(settings) - PARAMETERS)
+    if not isinstance(settings, dict):
+        raise ValueError(f"settings must be a dict of pipeline settings, e.g. {{'prompt': 'a red circle', ...}}; "
+                         f"got {type(settings).__name__}.")
+    unknown = sorted(set(settings) - PARAMETERS, key=repr)
     if unknown:
         raise ValueError(f"unknown setting {unknown[0]!r}. Settings a sweep knows: {', '.join(sorted(PARAMETERS))}.")
     missing = [name for name in REQUIRED if name not in settings]
@@ -87,20 +103,114 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
         check_prompt(settings["negative_prompt"], "negative_prompt")
     for side in ("height", "width"):
         if settings.get(side) is not None:
-            checked[side] = check_side(side, int(settings[side]) if is_whole(settings[side]) else settings[side])
+            checked[side] = check_side(side, settings[side])
     if settings.get("strength") is not None:
         checked["strength"] = check_strength(settings["strength"])
         check_strength_for_steps(checked["strength"], steps)
     if settings.get("max_sequence_length") is not None:
-        check_max_sequence_length(settings["max_sequence_length"])
+        checked["max_sequence_length"] = check_max_sequence_length(settings["max_sequence_length"])
     for name, modes, helper in (("image", ("RGB",), "prepare_image"), ("mask_image", ("L", "1"), "prepare_mask")):
         value = settings.get(name)
         if value is not None and (not isinstance(value, Image.Image) or value.mode not in modes):
             what = f"a {value.mode} image" if isinstance(value, Image.Image) else repr(type(value).__name__)
             raise ValueError(f"{name} is {what}; the pipeline takes {' or '.join(modes)}. Pass it through "
                              f"{helper}() first, which converts it faithfully and says what it did.")
+    if settings.get("mask_image") is not None and settings.get("image") is None:
+        raise ValueError("mask_image is given without image: inpainting needs the picture to paint in as `image`.")
+    _check_skip_layer_guidance(settings, checked)
     return checked
 
+
+PER_PICTURE = ("negative_prompt", "image", "mask_image", "prompt_2", "prompt_3", "negative_prompt_2",
+               "negative_prompt_3")
+"""Settings a batch may give one value per picture of (as a list)."""
+ENCODER_TEXTS = ("prompt_2", "prompt_3", "negative_prompt_2", "negative_prompt_3")
+"""Text for one text encoder alone (CLIP-G, T5), which a batch may give besides `prompt` and `negative_prompt`."""
+
+
+def batch_settings(settings: dict[str, Any], name: str = "settings") -> dict[str, Any]:
+    """The settings of a batch of pictures (`helpers.evaluation.generate_batch`): what `check_settings` accepts, less
+    `prompt` and `seed` (given per picture), with `negative_prompt`, `image` and `mask_image` either one value or a
+    list of one per picture (each checked). Returns them normalised."""
+    settings = dict(settings)
+    for taken in ("prompt", "seed"):
+        if taken in settings:
+            raise ValueError(f"{taken} is given per picture (the prompts and seeds lists), not as a setting.")
+    base = {"prompt": "", "seed": 0, "num_inference_steps": 1, "guidance_scale": 1.0}
+    texts = {key: settings.pop(key) for key in ENCODER_TEXTS if key in settings}
+    for key, value in texts.items():
+        for index, item in enumerate(value if isinstance(value, list) else [value]):
+            if item is not None:
+                check_prompt(item, f"{key}[{index}]" if isinstance(value, list) else key)
+    shared = {key: value for key, value in settings.items() if not (key in PER_PICTURE and isinstance(value, list))}
+    checked_shared = check_settings({**base, **shared})
+    normalised = {key: checked_shared[key] for key in shared} | texts
+    lists = {key: settings[key] for key in PER_PICTURE if isinstance(settings.get(key), list)}
+    for index in range(max(map(len, lists.values()), default=0)):  # lengths are compared with the prompts later
+        picture = {key: values[index] for key, values in lists.items() if index < len(values)}
+        try:
+            check_settings({**base, **shared, **picture})
+        except ValueError as error:
+            raise ValueError(f"picture {index} of the batch: {error}") from None
+    return {**normalised, **{key: list(values) for key, values in lists.items()}}
+
+
+def _check_skip_layer_guidance(settings: dict[str, Any], checked: dict[str, Any]) -> None:
+    """diffusers' SD3 skip-layer guidance: the layers to skip, how strongly, and from when to when (fractions of the
+    steps). Layer numbers are checked against the transformer in `check_for_pipeline`."""
+    layers = settings.get("skip_guidance_layers")
+    if layers is not None:
+        if isinstance(layers, (str, bytes, dict)) or not isinstance(layers, Sequence) or not layers or not all(
+                is_whole(layer) and layer >= 0 for layer in layers):
+            raise ValueError(f"skip_guidance_layers={layers!r} must be a non-empty list of layer numbers (0 or more), "
+                             "e.g. [7, 8, 9] as Stability AI uses for Medium.")
+        checked["skip_guidance_layers"] = [int(layer) for layer in layers]
+    for name in ("skip_layer_guidance_scale", "skip_layer_guidance_start", "skip_layer_guidance_stop"):
+        value = settings.get(name)
+        if value is None:
+            continue
+        high = math.inf if name == "skip_layer_guidance_scale" else 1
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                and 0 <= value <= high):
+            bound = "0 or more, e.g. 2.8" if high == math.inf else "from 0 to 1 (a fraction of the steps)"
+            raise ValueError(f"{name}={value!r} must be a finite number {bound}.")
+        checked[name] = float(value)
+    start, stop = checked.get("skip_layer_guidance_start", 0.01), checked.get("skip_layer_guidance_stop", 0.2)
+    if start >= stop:  # diffusers' defaults are 0.01 and 0.2
+        raise ValueError(f"skip_layer_guidance_start={start!r} must be below skip_layer_guidance_stop={stop!r}: "
+                         "layers are skipped between the two.")
+
+
+def max_side(pipe) -> int | None:
+    """The largest height or width this pipeline's transformer has positions for (its `pos_embed_max_size` patches,
+    each `patch_size` latent pixels of `vae_scale_factor` image pixels); None where the pipeline does not say."""
+    config = getattr(getattr(pipe, "transformer", None), "config", None)
+    table, patch = getattr(config, "pos_embed_max_size", None), getattr(config, "patch_size", None)
+    factor = getattr(pipe, "vae_scale_factor", None)
+    if not all(isinstance(value, int) for value in (table, patch, factor)):
+        return None
+    return table * patch * factor
+
+
+def check_for_pipeline(pipe, settings: dict[str, Any]) -> None:
+    """What checked settings must also meet on this pipeline: sizes inside its position table, skipped layers that
+    exist, inputs its task takes."""
+    import inspect
+
+    largest = max_side(pipe)
+    for side in ("height", "width"):
+        if largest is not None and settings.get(side) is not None and settings[side] > largest:
+            raise ValueError(f"{side}={settings[side]} is more than this model draws: its transformer has positions "
+                             f"for at most {largest} px. Use {largest} or less.")
+    layers = settings.get("skip_guidance_layers")
+    count = getattr(getattr(getattr(pipe, "transformer", None), "config", None), "num_layers", None)
+    if layers and isinstance(count, int) and max(layers) >= count:
+        raise ValueError(f"skip_guidance_layers={layers!r}: this transformer has layers 0 to {count - 1}.")
+    accepted = inspect.signature(pipe.__call__).parameters
+    for name in ("image", "mask_image", "strength", *(n for n in settings if n.startswith("skip_"))):
+        if settings.get(name) is not None and name not in accepted:
+            raise ValueError(f"{name} is given, but this {type(pipe).__name__} does not take it: load the pipeline "
+                             "for the task (load_pipeline(model, 'image-to-image') or 'inpainting').")
 
 
 PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -172,6 +282,8 @@ def _intact(path: Path, key: dict[str, Any]) -> bool:
     return stored == json.loads(json.dumps(key, default=str)) and record.get("pixels") == pixels
 
 
+@checked(pipe=pipeline, model=model_name, settings=instance(dict, "a dict of pipeline settings"),
+         folder=optional(output_folder))
 def generate(
     pipe, model: str, settings: dict[str, Any], folder: str | Path | None = None, *, on_step=None,
     fingerprint: str | None = None, repaired: list[Path] | None = None,
@@ -185,6 +297,7 @@ def generate(
     import torch
 
     settings = check_settings(settings)
+    check_for_pipeline(pipe, settings)
     folder = Path(folder) if folder is not None else output_dir() / "sweeps"
     key = image_key(pipe, model, settings, fingerprint)
     path = folder / key_name(key)
@@ -270,6 +383,9 @@ class Sweep:
 def sweep_combinations(fixed: dict[str, Any], vary: dict[str, Sequence]) -> list[dict[str, Any]]:
     """Every combination of `vary`'s values, in order (the last setting varies fastest), each checked on top of
     `fixed` with `check_settings`: a bad value raises before the first image."""
+    for name, value in (("fixed", fixed), ("vary", vary)):
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a dict of settings, e.g. {{'seed': [0, 1]}}; got {type(value).__name__}.")
     if not vary:
         raise ValueError("vary is empty: name at least one setting and its values, e.g. vary={'seed': [0, 1, 2]}.")
     for name, values in vary.items():
@@ -277,13 +393,17 @@ def sweep_combinations(fixed: dict[str, Any], vary: dict[str, Sequence]) -> list
             raise ValueError(f"vary[{name!r}]={values!r} must be a non-empty list of values.")
     overlap = set(fixed) & set(vary)
     if overlap:
-        raise ValueError(f"{min(overlap)!r} is both fixed and varied; keep it in one of the two.")
+        raise ValueError(f"{min(overlap, key=repr)!r} is both fixed and varied; keep it in one of the two.")
+    count = math.prod(len(values) for values in vary.values())
+    if count > MAX_COUNT:
+        raise ValueError(f"vary makes {count:,} combinations, more than {MAX_COUNT:,}: sweep fewer values at once.")
     combinations = [dict(zip(vary, values, strict=True)) for values in itertools.product(*vary.values())]
     for combination in combinations:
         check_settings({**fixed, **combination})
     return combinations
 
 
+@checked(pipe=pipeline, model=model_name, folder=optional(output_folder), progress=flag)
 def run_sweep(
     pipe,
     model: str,
@@ -301,6 +421,8 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     combinations = sweep_combinations(fixed, vary)
+    for combination in combinations:
+        check_for_pipeline(pipe, check_settings({**fixed, **combination}))
     folder = Path(folder) if folder is not None else output_dir() / "sweeps"
     _remove_stale_staging(folder)
     start = time.perf_counter()
@@ -394,6 +516,18 @@ COLOURS = {
 """Hue ranges in degrees (HSV) for colour_share."""
 
 
+def _hue_range(value: Any, name: str) -> str | tuple[float, float]:
+    if isinstance(value, str):
+        if value not in COLOURS:
+            raise ValueError(f"{name}={value!r} is not named; use one of {', '.join(COLOURS)} or a (low, high) range.")
+        return value
+    low, high = listed(number(-360, 360), 2, 2)(value, name)
+    if low > high:
+        raise ValueError(f"{name}={value!r}: a hue range is (low, high) in degrees with low <= high, e.g. (-20, 20).")
+    return low, high
+
+
+@checked(image=picture, colour=_hue_range, min_saturation=number(0, 1), min_value=number(0, 1))
 def colour_share(image: Image.Image, colour: str | tuple[float, float], min_saturation: float = 0.25,
                  min_value: float = 0.2) -> float:
     """The share of pixels (0 to 1) whose hue is in `colour`'s range and that are not grey or dark.
@@ -402,8 +536,6 @@ def colour_share(image: Image.Image, colour: str | tuple[float, float], min_satu
     """
     import numpy as np
 
-    if isinstance(colour, str) and colour not in COLOURS:
-        raise ValueError(f"colour={colour!r} is not named; use one of {', '.join(COLOURS)} or a (low, high) range.")
     low, high = COLOURS[colour] if isinstance(colour, str) else colour
     hsv = np.asarray(image.convert("RGB").convert("HSV"), dtype=float) / 255.0
     hue, saturation, value = hsv[..., 0] * 360.0, hsv[..., 1], hsv[..., 2]
@@ -411,6 +543,7 @@ def colour_share(image: Image.Image, colour: str | tuple[float, float], min_satu
     return float((in_range & (saturation >= min_saturation) & (value >= min_value)).mean())
 
 
+@checked(first=picture, second=picture)
 def mean_difference(first: Image.Image, second: Image.Image) -> float:
     """Mean absolute difference of two images' pixels, from 0 (identical) to 255."""
     import numpy as np
@@ -422,6 +555,7 @@ def mean_difference(first: Image.Image, second: Image.Image) -> float:
     return float(np.abs(a - b).mean())
 
 
+@checked(first=picture, second=picture, mask=picture)
 def region_difference(first: Image.Image, second: Image.Image, mask: Image.Image) -> dict[str, float]:
     """Mean pixel difference (0 to 255) inside the mask's painted (white) area and outside it."""
     import numpy as np
@@ -435,6 +569,7 @@ def region_difference(first: Image.Image, second: Image.Image, mask: Image.Image
     return {"inside": float(difference[painted].mean()), "outside": float(difference[~painted].mean())}
 
 
+@checked(image=picture)
 def mean_saturation(image: Image.Image) -> float:
     """Mean colour saturation (HSV, 0 grey to 1 pure colour): high guidance scales push it up."""
     import numpy as np
@@ -442,24 +577,24 @@ def mean_saturation(image: Image.Image) -> float:
     return float(np.asarray(image.convert("RGB").convert("HSV"), dtype=float)[..., 1].mean() / 255.0)
 
 
+@checked(before=listed(number()), after=listed(number()))
 def paired_change(before: Sequence[float], after: Sequence[float]) -> str:
     """How a measurement changed seed by seed: 'lower in 12, higher in 1, same in 3 of 16 seeds; mean change -0.62'.
 
     `before[i]` and `after[i]` must come from the same seed: a paired comparison, which a spread over seeds is not.
     """
-    if len(before) != len(after) or not before:
-        raise ValueError(f"got {len(before)} and {len(after)} values: give one pair per seed, at least one.")
+    if len(before) != len(after):
+        raise ValueError(f"before has {len(before)} values and after {len(after)}: give one pair per seed.")
     changes = [b - a for a, b in zip(before, after, strict=True)]
     lower, higher = sum(c < 0 for c in changes), sum(c > 0 for c in changes)
     return (f"lower in {lower}, higher in {higher}, same in {len(changes) - lower - higher} of {len(changes)} seeds; "
             f"mean change {sum(changes) / len(changes):+.3f}")
 
 
+@checked(values=listed(number()))
 def summarise(values: Sequence[float]) -> str:
     """'mean ± standard deviation (n = N)', the form in which the notebooks report measurements over seeds."""
     import statistics
 
-    if not values:
-        raise ValueError("values is empty: measure at least one image.")
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {spread:.3f} (n = {len(values)})"

@@ -15,6 +15,22 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from helpers.checks import (
+    check_guidance_scale,
+    check_path,
+    check_prompt,
+    check_seed,
+    check_side,
+    check_steps,
+    checked,
+    listed,
+    number,
+    optional,
+    output_folder,
+    picture,
+    text,
+)
+
 OUTPUT_VARIABLE = "SD35_OUTPUT_DIR"
 METADATA_KEY = "sd35-notebooks"
 STAGING_PREFIX = ".saving-"
@@ -33,6 +49,35 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "image"
 
 
+def _plain_settings(settings: dict[str, Any], name: str) -> dict[str, Any]:
+    """Other pipeline settings to record: plain JSON values, sizes checked as the pipeline checks them."""
+    for key in ("height", "width"):
+        if key in settings:
+            settings[key] = check_side(key, settings[key])
+    for key, value in settings.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}={value!r} cannot be recorded in the PNG: every setting must be a plain number, "
+                             "string or list.") from None
+    return settings
+
+
+def _png_picture(value: Any, name: str) -> Image.Image:
+    image = picture(value, name)
+    if image.mode not in PNG_MODES:
+        raise ValueError(f"{name} is a {image.mode} image, which PNG cannot store; convert it, e.g. with "
+                         "helpers.prepare_image(), first.")
+    return image
+
+
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
+"""The image modes Pillow writes as PNG."""
+
+
+@checked(image=_png_picture, model=text, prompt=check_prompt, seed=check_seed, num_inference_steps=check_steps,
+         guidance_scale=check_guidance_scale, negative_prompt=optional(check_prompt), folder=optional(output_folder),
+         settings=_plain_settings)
 def save_image(
     image: Image.Image,
     *,
@@ -66,10 +111,6 @@ def save_image(
     for name in ("height", "width"):
         if name in settings and settings[name] != record[name]:
             raise ValueError(f"{name}={settings[name]} does not match the image, which is {record[name]} pixels.")
-    try:
-        json.dumps(record)
-    except TypeError as error:
-        raise TypeError(f"save_image: every setting must be a plain number, string or list ({error}).") from None
 
     folder = Path(folder) if folder is not None else output_dir()
     stem = f"{_slug(model)}-{_slug(prompt)}-seed{seed}"
@@ -136,13 +177,26 @@ def _write_exclusive(data: bytes, path: Path) -> bool:
     return True
 
 
+@checked(path=check_path)
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The generation settings stored in a PNG by `save_image`."""
-    with Image.open(path) as image:
-        text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
-    if text is None:
-        raise ValueError(f"{path} holds no generation settings: it was not saved by helpers.save_image.")
-    return json.loads(text)
+    if not path.is_file():
+        raise ValueError(f"path={str(path)!r}: {'a folder' if path.is_dir() else 'no such file'}, not a PNG saved by "
+                         "helpers.save_image.")
+    try:
+        with Image.open(path) as image:
+            stored = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
+    except (OSError, SyntaxError, ValueError):  # PIL's ways of saying "not a picture I can read"
+        raise ValueError(f"path={str(path)!r} is not a picture PIL can read: not a PNG saved by "
+                         "helpers.save_image.") from None
+    try:
+        record = json.loads(stored) if stored is not None else None
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise ValueError(f"path={str(path)!r} holds no readable generation settings: it was not saved by "
+                         "helpers.save_image (or its text was edited).")
+    return record
 
 
 def unshown_subplots(*args: Any, **kwargs: Any):
@@ -155,6 +209,23 @@ def unshown_subplots(*args: Any, **kwargs: Any):
     return figure, axes
 
 
+MAX_GRID = 400
+"""Pictures in one grid: more would make a figure too large to draw or see."""
+
+
+def _grid_rows(images: Any, name: str) -> list[list[Image.Image]]:
+    """A flat list of pictures (one row) or a list of rows; returns the rows."""
+    items = listed(lambda item, _: item, 1, MAX_GRID)(images, name)
+    if all(isinstance(item, Image.Image) for item in items):
+        return [[picture(item, f"{name}[{index}]") for index, item in enumerate(items)]]
+    rows = [listed(picture, 1, MAX_GRID)(row, f"{name}[{index}]") for index, row in enumerate(items)]
+    if sum(map(len, rows)) > MAX_GRID:
+        raise ValueError(f"{name} holds {sum(map(len, rows)):,} pictures; a grid shows at most {MAX_GRID}.")
+    return rows
+
+
+@checked(images=_grid_rows, column_labels=optional(listed(text, 0)), row_labels=optional(listed(text, 0)),
+         title=optional(text), cell_inches=optional(number(0.2, 10)))
 def image_grid(
     images: Sequence[Image.Image] | Sequence[Sequence[Image.Image]],
     *,
@@ -168,9 +239,7 @@ def image_grid(
     Each image gets `cell_inches` (default: 3, less when many columns must fit a notebook's width).
     Returned, not shown: it displays when it is the last line of a cell, and `figure.savefig(path)` saves it.
     """
-    rows = [list(images)] if images and isinstance(images[0], Image.Image) else [list(row) for row in images]
-    if not rows or not rows[0]:
-        raise ValueError("images is empty: give at least one image.")
+    rows = images if isinstance(images, list) else _grid_rows(images, "images")
     columns = max(len(row) for row in rows)
     for name, labels, expected in (("column_labels", column_labels, columns), ("row_labels", row_labels, len(rows))):
         if labels is not None and len(labels) != expected:

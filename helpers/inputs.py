@@ -16,9 +16,21 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageChops, ImageDraw, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps, UnidentifiedImageError
 
-from helpers.checks import check_strength  # noqa: F401 - part of this module's interface
+from helpers.checks import (  # noqa: F401 - check_strength is part of this module's interface
+    check_path,
+    check_strength,
+    checked,
+    listed,
+    number,
+    one_of,
+    optional,
+    picture,
+    side,
+    text,
+    whole,
+)
 from helpers.models import SIZE_MULTIPLE, check_side
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "images"
@@ -28,6 +40,33 @@ SAMPLES = {"scene": "sample_scene.png", "subject": "sample_subject.png"}
 MAX_INPUT_PIXELS = 89_478_485
 """Largest input accepted (Pillow's own decompression-bomb threshold, about 9,500 x 9,500): larger files are refused
 before they are decoded, so a small file that unpacks to gigabytes cannot fill the memory."""
+
+
+MAX_GROW = 512
+"""Pixels a mask can be grown or shrunk by: more than any picture of the series needs."""
+ORIENTED = "sd35-oriented"
+"""Where load_image notes that it turned a photo upright (the `info` of the picture it returns)."""
+
+
+def picture_size(value, name: str) -> tuple[int, int]:
+    """(width, height) of a picture: whole numbers of at least 1 pixel, at most MAX_INPUT_PIXELS in all."""
+    width, height = listed(whole(1, MAX_INPUT_PIXELS), 2, 2)(value, name)
+    if width * height > MAX_INPUT_PIXELS:
+        raise ValueError(f"{name}={tuple(value)!r} is {width * height:,} pixels, more than the {MAX_INPUT_PIXELS:,} "
+                         "accepted; SD3.5 works at about 1024 x 1024.")
+    return width, height
+
+
+def _source(value, name: str):
+    """What load_image reads: a path, bytes or a PIL image (anything else is refused by name)."""
+    if isinstance(value, Image.Image):
+        return picture(value, name)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, (str, Path)):
+        return check_path(value, name)
+    raise ValueError(f"{name} must be a path, bytes or a PIL image, not {type(value).__name__}. (A NumPy array: "
+                     "Image.fromarray(array) first, with values 0-255 as uint8.)")
 
 
 def _check_pixel_count(image: Image.Image, what: str) -> None:
@@ -50,8 +89,10 @@ def _opened(file, name: str, what: str) -> Image.Image:
                          "'decompression bomb'); it was not decoded.") from None
 
 
+@checked(source=_source, name=text)
 def load_image(source: str | Path | bytes | Image.Image, *, name: str = "image") -> Image.Image:
-    """An image from a file path, raw bytes or a PIL image. Raises a clear error for anything that is not one."""
+    """An image from a file path, raw bytes or a PIL image. Raises a clear error for anything that is not one.
+    A photo whose EXIF data says the camera was turned is turned upright, as viewers show it."""
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, (bytes, bytearray)):
@@ -72,7 +113,20 @@ def load_image(source: str | Path | bytes | Image.Image, *, name: str = "image")
     else:
         raise TypeError(f"{name} must be a path, bytes or a PIL image, not {type(source).__name__}.")
     _check_pixel_count(image, name)
-    return image
+    return _upright(image)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The picture as a viewer shows it: turned by its EXIF orientation (1 to 8), noted in its `info`."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)  # the EXIF Orientation tag
+    except Exception:  # noqa: BLE001 - unreadable EXIF data: the picture is used as stored
+        return image
+    if orientation in (None, 1) or orientation not in range(2, 9):
+        return image
+    turned = ImageOps.exif_transpose(image)
+    turned.info[ORIENTED] = f"turned upright (EXIF orientation {orientation})"
+    return turned
 
 
 def to_8bit(image: Image.Image) -> tuple[Image.Image, str | None]:
@@ -89,9 +143,11 @@ def to_8bit(image: Image.Image) -> tuple[Image.Image, str | None]:
     values = np.asarray(image, dtype=np.float64)
     if not np.isfinite(values).all():
         raise ValueError(f"the {image.mode} image holds values that are not numbers (NaN or infinite); fix the file.")
+    top = values.max(initial=0.0)
     if image.mode == "F":
-        top = values.max(initial=0.0)
         scale, how = (255.0, "0-1 floats scaled to 0-255") if top <= 1 else (1.0, "floats taken as 0-255")
+    elif top <= 255 and image.mode == "I":  # 32-bit integers holding 8-bit values (e.g. Image.fromarray of int32)
+        scale, how = 1.0, "integers 0-255 kept as they are"
     else:
         scale, how = 1 / 257, "16-bit values scaled to 8 bits"
     eight = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
@@ -110,6 +166,7 @@ class Prepared:
         return self.image.size
 
 
+@checked(size=picture_size, longest=side)
 def working_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
     """Width and height with the longer side `longest`, the aspect ratio kept, both rounded to multiples of 16."""
     width, height = size
@@ -124,11 +181,13 @@ def working_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
     return snap(width), snap(height)
 
 
+@checked(source=_source, longest=side)
 def prepare_image(source, longest: int = 1024) -> Prepared:
     """The input as RGB at its working size (longer side `longest`, sides multiples of 16, aspect ratio kept)."""
     image = load_image(source)
+    notes = [image.info[ORIENTED]] if ORIENTED in image.info else []
     image, scaled = to_8bit(image)
-    notes = [scaled] if scaled else []
+    notes += [scaled] if scaled else []
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         notes.append(f"{image.mode}: transparent areas put on white")
         background = Image.new("RGBA", image.size, "white")
@@ -144,6 +203,7 @@ def prepare_image(source, longest: int = 1024) -> Prepared:
     return Prepared(image, "; ".join(notes) or f"kept as it is: {image.width}x{image.height}, RGB")
 
 
+@checked(source=_source, image_size=picture_size, grow=whole(0, MAX_GROW), original_size=optional(picture_size))
 def prepare_mask(source, image_size: tuple[int, int], *, grow: int = 0,
                  original_size: tuple[int, int] | None = None) -> Prepared:
     """A mask for an image of `image_size`: single channel, white = paint, black = keep.
@@ -156,13 +216,13 @@ def prepare_mask(source, image_size: tuple[int, int], *, grow: int = 0,
     import numpy as np
 
     mask = load_image(source, name="mask")
-    expected = original_size or image_size
+    expected = tuple(original_size or image_size)
     if mask.size != expected:
         raise ValueError(f"mask is {mask.width}x{mask.height} but the image is {expected[0]}x{expected[1]}: draw "
                          "the mask on the image it belongs to, or resize it to the image's size first.")
-    _check_pixels("grow", grow)
+    notes = [mask.info[ORIENTED]] if ORIENTED in mask.info else []
     mask, scaled = to_8bit(mask)
-    notes = [scaled] if scaled else []
+    notes += [scaled] if scaled else []
     if mask.mode != "L":
         notes.append(f"converted {mask.mode} to one channel")
         mask = mask.convert("L")
@@ -173,28 +233,43 @@ def prepare_mask(source, image_size: tuple[int, int], *, grow: int = 0,
     if mask.getextrema()[1] == 0:
         raise ValueError("mask has nothing to paint: it is black everywhere. Paint the area to change in white.")
     if grow:
-        mask = mask.filter(ImageFilter.MaxFilter(2 * grow + 1))
+        mask = _grown(mask, grow)
         notes.append(f"grown by {grow} px")
     painted = float((np.asarray(mask) >= 128).mean())
     notes.append(f"{painted:.0%} of the image to paint")
     return Prepared(mask, "; ".join(notes))
 
 
-def _check_pixels(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name}={value!r} must be a whole number of pixels, 0 or more.")
+def _grown(mask: Image.Image, pixels: int) -> Image.Image:
+    """A black-and-white mask with its white area grown by `pixels` in every direction (a square, as a max filter
+    of side 2 * pixels + 1), in time independent of `pixels` (a summed-area table, not a filter of that size)."""
+    import numpy as np
+
+    painted = np.asarray(mask) >= 128
+    table = np.pad(painted.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    height, width = painted.shape
+    top = np.clip(np.arange(height) - pixels, 0, height)[:, None]
+    bottom = np.clip(np.arange(height) + pixels + 1, 0, height)[:, None]
+    left = np.clip(np.arange(width) - pixels, 0, width)[None, :]
+    right = np.clip(np.arange(width) + pixels + 1, 0, width)[None, :]
+    inside = table[bottom, right] - table[top, right] - table[bottom, left] + table[top, left]
+    return Image.fromarray(np.where(inside > 0, 255, 0).astype(np.uint8))
 
 
+def _same_sizes(original: Image.Image, painted: Image.Image, mask: Image.Image) -> None:
+    if not original.size == painted.size == mask.size:
+        raise ValueError(f"sizes differ: original {original.size}, painted {painted.size}, mask {mask.size}; "
+                         "use the prepared image and mask that made the painted picture.")
+
+
+@checked(original=picture, painted=picture, mask=picture, soften=whole(0, MAX_GROW))
 def blend(original: Image.Image, painted: Image.Image, mask: Image.Image, *, soften: int = 0) -> Image.Image:
     """`painted` inside the mask and `original` outside it, mixed across an edge softened over `soften` pixels.
 
     The inpainting pipeline decodes the whole picture, so even the kept area comes back through the VAE, slightly
     changed; pasting the original back makes the kept area exact, and a soft edge hides the seam.
     """
-    if not original.size == painted.size == mask.size:
-        raise ValueError(f"sizes differ: original {original.size}, painted {painted.size}, mask {mask.size}; "
-                         "use the prepared image and mask that made the painted picture.")
-    _check_pixels("soften", soften)
+    _same_sizes(original, painted, mask)
     weight = mask.convert("L")
     if soften:
         weight = weight.filter(ImageFilter.GaussianBlur(soften))
@@ -203,18 +278,27 @@ def blend(original: Image.Image, painted: Image.Image, mask: Image.Image, *, sof
 
 # Masks without a drawing app -------------------------------------------------------------------------------
 
-def _box(size: tuple[int, int], box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
-    """A box given as fractions of the image (left, top, right, bottom, each 0 to 1) in pixels."""
-    numbers = isinstance(box, (tuple, list)) and len(box) == 4 and all(
-        isinstance(value, (int, float)) and not isinstance(value, bool) for value in box)
-    left, top, right, bottom = box if numbers else (0, 0, 0, 0)
-    if not (numbers and 0 <= left < right <= 1 and 0 <= top < bottom <= 1):
-        raise ValueError(f"box={box!r} must be (left, top, right, bottom) fractions with 0 <= left < right <= 1 "
+def fractions_box(box, name: str) -> tuple[float, float, float, float]:
+    """A box as fractions of a picture (left, top, right, bottom) with 0 <= left < right <= 1, the same for top and
+    bottom; NumPy numbers accepted."""
+    try:
+        left, top, right, bottom = listed(number(0, 1), 4, 4)(box, name)
+    except ValueError:
+        left = top = right = bottom = 0.0
+    if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
+        raise ValueError(f"{name}={box!r} must be (left, top, right, bottom) fractions with 0 <= left < right <= 1 "
                          "and 0 <= top < bottom <= 1.")
+    return left, top, right, bottom
+
+
+def _box(size: tuple[int, int], box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """A checked box of fractions in pixels."""
+    left, top, right, bottom = box
     width, height = size
     return round(left * width), round(top * height), round(right * width) - 1, round(bottom * height) - 1
 
 
+@checked(size=picture_size, box=fractions_box)
 def rectangle_mask(size: tuple[int, int], box: tuple[float, float, float, float]) -> Image.Image:
     """White (paint) inside `box`, given as fractions of the image: (left, top, right, bottom)."""
     mask = Image.new("L", size, 0)
@@ -222,6 +306,7 @@ def rectangle_mask(size: tuple[int, int], box: tuple[float, float, float, float]
     return mask
 
 
+@checked(size=picture_size, box=fractions_box)
 def ellipse_mask(size: tuple[int, int], box: tuple[float, float, float, float]) -> Image.Image:
     """White (paint) inside the ellipse that fills `box`, given as fractions of the image."""
     mask = Image.new("L", size, 0)
@@ -229,21 +314,21 @@ def ellipse_mask(size: tuple[int, int], box: tuple[float, float, float, float]) 
     return mask
 
 
+@checked(image=picture, paint=one_of("opaque", "transparent"))
 def mask_from_alpha(image: Image.Image, *, paint: str = "opaque") -> Image.Image:
     """A mask from an image's transparency: paint where it is opaque (a stroke layer) or 'transparent' (holes)."""
-    if paint not in ("opaque", "transparent"):
-        raise ValueError(f"paint={paint!r} must be 'opaque' or 'transparent'.")
     if "A" not in image.getbands():
         raise ValueError(f"the image has no alpha channel (mode {image.mode}); save it as a PNG with transparency.")
     alpha = image.getchannel("A").point(lambda value: 255 if value >= 128 else 0)
     return alpha if paint == "opaque" else ImageChops.invert(alpha)
 
 
+@checked(subject=picture, margin=whole(0, MAX_GROW))
 def background_mask(subject: Image.Image, *, margin: int = 0) -> Image.Image:
     """For background replacement: paint everything but the subject of a cut-out (transparent background),
     keeping a `margin` of pixels around the subject untouched."""
     mask = mask_from_alpha(subject, paint="transparent")
-    return mask.filter(ImageFilter.MinFilter(2 * margin + 1)) if margin else mask
+    return ImageChops.invert(_grown(ImageChops.invert(mask), margin)) if margin else mask
 
 
 # Sample pictures, drawn by code -----------------------------------------------------------------------------
@@ -282,11 +367,16 @@ def draw_subject(size: tuple[int, int] = (512, 512)) -> Image.Image:
 DRAWINGS = {"scene": draw_scene, "subject": draw_subject}
 
 
+def _sample_name(value, name: str) -> str:
+    if not isinstance(value, str) or value not in SAMPLES:
+        raise ValueError(f"{name}={value!r} is not a sample; use one of: {', '.join(SAMPLES)}.")
+    return value
+
+
+@checked(name=_sample_name)
 def sample(name: str) -> Image.Image:
     """A sample picture: 'scene' or 'subject'. Read from the repository's images/ (drawn there by
     `python -m helpers.inputs`), or drawn here where the helpers were installed without it (as on Colab)."""
-    if name not in SAMPLES:
-        raise ValueError(f"name={name!r} is not a sample; use one of: {', '.join(SAMPLES)}.")
     path = SAMPLE_DIR / SAMPLES[name]
     return load_image(path if path.is_file() else DRAWINGS[name](), name=name)
 

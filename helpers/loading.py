@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from helpers.access import check_access, require_token
-from helpers.machines import emulated_machine
-from helpers.models import ModelSpec, get_model
-from helpers.routes import Route, build_pipeline, plan_route, remember
+from helpers.checks import checked, optional
+from helpers.machines import emulated_machine, machine_rule
+from helpers.models import ModelSpec, get_model, model_spec
+from helpers.routes import Route, build_pipeline, device_rule, dtype_rule, option, plan_route, remember
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +58,15 @@ def _without_irrelevant_notices(record: logging.LogRecord) -> bool:
             and "cannot run with `cpu` device" not in message)
 
 
+def task_rule(value: object, name: str = "task") -> str:
+    """One of TASKS: a rule for `helpers.checks`."""
+    if not isinstance(value, str) or value not in TASKS:
+        raise ValueError(f"{name}={value!r} is not a task of this series. Use one of: {', '.join(TASKS)}.")
+    return value
+
+
+@checked(model=model_spec, task=task_rule, device=optional(device_rule), dtype=optional(dtype_rule), offload=option,
+         quantize=option, t5=option, machine=optional(machine_rule))
 def load_pipeline(
     model: str | ModelSpec,
     task: str = "text-to-image",

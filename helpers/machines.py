@@ -131,6 +131,13 @@ def get_machine(machine: str | Machine) -> Machine:
     return found
 
 
+def machine_rule(value: object, name: str = "machine") -> Machine:
+    """A catalogue machine given by name or as a Machine: a rule for `helpers.checks`."""
+    if not isinstance(value, (str, Machine)):
+        raise UnknownMachineError(f"{name}={value!r} must be a machine's name, one of: {', '.join(MACHINES)}.")
+    return get_machine(value)
+
+
 def emulated_machine(environ: dict[str, str] | None = None) -> Machine | None:
     """The machine SD35_MACHINE names (None when it is unset or empty): an unknown value raises, listing them."""
     environ = os.environ if environ is None else environ

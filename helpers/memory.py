@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, replace
 from functools import cache
 
 from helpers.architecture import stored_tensors
-from helpers.machines import MACHINES, Machine, get_machine
-from helpers.models import check_side, get_model
+from helpers.checks import checked, flag, one_of, optional, side
+from helpers.machines import MACHINES, Machine, get_machine, machine_rule
+from helpers.models import check_side, full_size_model, get_model
 
 FORMATS = ("fp32", "bf16", "fp16", "int8", "nf4")
 FLOAT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -265,6 +266,31 @@ def _gb(value: int) -> float:
     return round(value / 1e9, 2)
 
 
+def strategy_rule(value: object, name: str = "strategy") -> str | Strategy:
+    """A strategy's name in STRATEGIES, or a Strategy: a rule for `helpers.checks`."""
+    if isinstance(value, Strategy) or (isinstance(value, str) and value in STRATEGIES):
+        return value
+    raise ValueError(f"{name}={value!r} is not a strategy. Use one of: {', '.join(STRATEGIES)}.")
+
+
+def machines_rule(value: object, name: str = "machines") -> dict[str, Machine]:
+    """A dict of machines by name (as MACHINES is, or a part of it)."""
+    if not isinstance(value, dict) or not value or not all(
+            isinstance(key, str) and isinstance(machine, Machine) for key, machine in value.items()):
+        raise ValueError(f"{name} must be a non-empty dict of catalogue machines, e.g. {{'colab-t4': "
+                         "MACHINES['colab-t4']}.")
+    return value
+
+
+DTYPE = one_of(*STORAGE_OF_DTYPE)
+
+
+def _strategy_object(value: object, name: str) -> Strategy:
+    strategy = strategy_rule(value, name)
+    return STRATEGIES[strategy] if isinstance(strategy, str) else strategy
+
+
+@checked(model=full_size_model, strategy=_strategy_object, dtype=DTYPE)
 def weights(model: str, strategy: Strategy, dtype: str = "bfloat16") -> dict[str, int]:
     """Bytes of each component's weights under `strategy`, loaded in `dtype` (T5 dropped: 0). In float16, T5's
     `wo` layers load in float32, as transformers does it."""
@@ -322,6 +348,8 @@ def _buffer_bytes(model: str) -> int:
 
 
 
+@checked(model=full_size_model, strategy=strategy_rule, size=side, attention=one_of("fused", "bounded", "math"),
+         dtype=DTYPE, convolutions=one_of("cudnn", "im2col"))
 def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: str = "fused",
              dtype: str = "bfloat16", convolutions: str = "cudnn") -> Estimate:
     """Estimated peak GPU memory and host memory of `model` loaded with `strategy` (a name in STRATEGIES) at
@@ -386,6 +414,8 @@ def kernels(machine: Machine, dtype: str | None = None, vae_tiling: bool = False
             "convolutions": "cudnn" if machine.cudnn_convolutions(dtype) or vae_tiling else "im2col"}
 
 
+@checked(model=full_size_model, strategy=strategy_rule, machine=machine_rule, size=side, dtype=optional(DTYPE),
+         vae_tiling=flag)
 def estimate_on(model: str, strategy: str | Strategy, machine: str | Machine, size: int = 1024,
                 dtype: str | None = None, vae_tiling: bool = False) -> Estimate:
     """`estimate` with the dtype and kernels of `machine` (a name in helpers.machines.MACHINES, or a Machine)."""
@@ -401,6 +431,8 @@ def fits(peak_gb: float, gpu_gb: float) -> bool:
     return peak_gb + RESERVE_GB <= gpu_gb
 
 
+@checked(model=full_size_model, strategy=strategy_rule, machine=machine_rule, size=side, dtype=optional(DTYPE),
+         vae_tiling=flag)
 def fits_machine(model: str, strategy: str | Strategy, machine: str | Machine, size: int = 1024,
                  dtype: str | None = None, vae_tiling: bool = False) -> bool:
     """Whether `strategy` fits `machine`: its GPU peak (with the kernels it has for the dtype) and, where its RAM is
@@ -429,6 +461,7 @@ def routes_that_fit(model: str, machine: str | Machine, size: int = 1024, dtype:
             if strategy.offload != "embeddings-once" and fits_machine(model, name, machine, size, dtype)]
 
 
+@checked(model=full_size_model, size=side, machines=optional(machines_rule))
 def fit_table(model: str, size: int = 1024, machines: dict[str, Machine] | None = None) -> list[dict]:
     """One row per strategy: estimated GPU peak (bf16, fused attention) and host memory, and which machines it fits
     (each with its own dtype and kernels)."""
@@ -445,13 +478,22 @@ def fit_table(model: str, size: int = 1024, machines: dict[str, Machine] | None 
     return rows
 
 
-def offload_traffic_gb(model: str, strategy: str = "model-offload") -> float:
+@checked(model=full_size_model, strategy=strategy_rule)
+def offload_traffic_gb(model: str, strategy: str | Strategy = "model-offload") -> float:
     """GB copied between CPU and GPU per image under model offload: each model goes to the GPU and back once."""
-    if STRATEGIES[strategy].offload != "model":
+    chosen = _strategy_object(strategy, "strategy")
+    if chosen.offload != "model":
         raise ValueError(f"strategy={strategy!r} does not use model offload; use one whose offload is 'model'.")
-    return _gb(2 * sum(weights(model, STRATEGIES[strategy]).values()))
+    return _gb(2 * sum(weights(model, chosen).values()))
 
 
+def _function(value: object, name: str):
+    if not callable(value):
+        raise ValueError(f"{name} must be a function to run (called with no arguments), not {type(value).__name__}.")
+    return value
+
+
+@checked(function=_function)
 def measure_peak_gb(function):
     """Run `function()`; return its result and the peak GPU memory it allocated in GB (None without a GPU)."""
     import torch
@@ -467,6 +509,7 @@ def measure_peak_gb(function):
 
 
 
+@checked(model=full_size_model, size=side, machines=optional(machines_rule))
 def plot_strategies(model: str, size: int = 1024, machines: dict[str, Machine] | None = None):
     """Bar chart of the estimated peak of each strategy (bf16, fused attention), with the usable GPU memory of the
     catalogue's machines marked."""
@@ -494,6 +537,7 @@ def plot_strategies(model: str, size: int = 1024, machines: dict[str, Machine] |
     return figure
 
 
+@checked(model=full_size_model)
 def format_table(model: str) -> list[dict]:
     """For each component a quantizer can convert: its weights in every storage format, and what stays 16-bit."""
     rows = []
@@ -508,6 +552,7 @@ def format_table(model: str) -> list[dict]:
     return rows
 
 
+@checked(model=full_size_model, size=side, machines=optional(machines_rule))
 def strategy_table(model: str, size: int = 1024, machines: dict[str, Machine] | None = None):
     """The estimated GPU peak and host memory of each strategy and which machines it fits, as a Table."""
     from helpers.display import Table

@@ -11,6 +11,8 @@ from __future__ import annotations
 import warnings
 
 from helpers.architecture import stored_tensors
+from helpers.checks import checked
+from helpers.checks import module as module_rule
 
 
 def diffusers_nf4_config(compute_dtype):
@@ -60,6 +62,7 @@ def quantize_linear_layers_nf4(module, compute_dtype, skip: tuple[str, ...] = ()
     return module
 
 
+@checked(module=module_rule)
 def count_4bit_layers(module) -> int:
     """How many bitsandbytes 4-bit layers `module` holds."""
     import bitsandbytes as bnb
@@ -67,6 +70,7 @@ def count_4bit_layers(module) -> int:
     return sum(isinstance(layer, bnb.nn.Linear4bit) for layer in module.modules())
 
 
+@checked(module=module_rule)
 def footprint_bytes(module) -> int:
     """Bytes a loaded module really holds: parameters, persistent buffers, and the scales of 4-bit weights.
 
@@ -92,6 +96,7 @@ def quiet_int8_cast_warning():
     warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
 
 
+@checked(module=module_rule)
 def unquantized_bytes(module) -> int:
     """Bytes `module` took before quantization, read from the loaded module itself.
 

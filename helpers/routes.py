@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from helpers.machines import MACHINES, Machine, emulated_machine, get_machine, live_machine
-from helpers.models import ModelSpec, get_model
+from helpers.checks import checked, optional, side
+from helpers.machines import MACHINES, Machine, emulated_machine, get_machine, live_machine, machine_rule
+from helpers.models import ModelSpec, get_model, model_spec
 
 if TYPE_CHECKING:
     import torch
@@ -205,21 +206,38 @@ def _dtype_name(dtype) -> str | None:
     names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
     if isinstance(dtype, str) and dtype in names.values():
         return dtype
-    if dtype in names:
+    if isinstance(dtype, torch.dtype) and dtype in names:
         return names[dtype]
     raise ValueError(f"dtype={dtype!r} is not a dtype of this series. Use torch.bfloat16, torch.float16 or "
                      "torch.float32 (or leave it out: the machine's own).")
 
 
+def option(value: object, name: str) -> object:
+    """One of the choices of load_pipeline's `offload`, `quantize` or `t5`: a rule for `helpers.checks`."""
+    choices = {"offload": OFFLOAD_CHOICES, "quantize": QUANTIZE_CHOICES, "t5": T5_CHOICES}[name]
+    if not any(value is choice or (isinstance(value, str) and value == choice) for choice in choices):
+        hint = ("quantize='nf4' (4-bit), None (16-bit) or 'auto' (16-bit where it fits)" if name == "quantize"
+                else f"one of: {', '.join(map(repr, choices))}")
+        raise ValueError(f"{name}={value!r} is not supported. Use {hint}.")
+    return value
+
+
+def device_rule(value: object, name: str = "device") -> str:
+    """A device of this machine (None picks one): a rule for `helpers.checks`."""
+    return check_device(value)
+
+
+def dtype_rule(value: object, name: str = "dtype"):
+    """torch.bfloat16, torch.float16 or torch.float32 (or their names): a rule for `helpers.checks`."""
+    _dtype_name(value)
+    return value
+
+
 def check_choices(offload, quantize, t5) -> None:
     """Each option is one of its choices, and they work together; else ValueError naming the value and the fix."""
-    if offload not in OFFLOAD_CHOICES:
-        raise ValueError(f"offload={offload!r} is not supported. Use one of: {', '.join(map(repr, OFFLOAD_CHOICES))}.")
-    if quantize not in QUANTIZE_CHOICES:
-        raise ValueError(f"quantize={quantize!r} is not supported. Use quantize='nf4' (4-bit), None (16-bit) or "
-                         "'auto' (16-bit where it fits).")
-    if t5 not in T5_CHOICES:
-        raise ValueError(f"t5={t5!r} is not supported. Use one of: {', '.join(map(repr, T5_CHOICES))}.")
+    option(offload, "offload")
+    option(quantize, "quantize")
+    option(t5, "t5")
     if (quantize == "nf4" or t5 in ("nf4", "int8")) and offload in ("sequential", "group"):
         raise ValueError(
             f"offload={offload!r} does not work with bitsandbytes 4-bit or 8-bit layers (quantize={quantize!r}, "
@@ -228,6 +246,8 @@ def check_choices(offload, quantize, t5) -> None:
         )
 
 
+@checked(model=model_spec, machine=optional(machine_rule), device=optional(device_rule), dtype=optional(dtype_rule),
+         offload=option, quantize=option, t5=option, size=optional(side))
 def plan_route(model: str | ModelSpec, *, machine: str | Machine | None = None, device: str | None = None,
                dtype=None, offload="auto", quantize="auto", t5="auto", size: int | None = None) -> Route:
     """The route `model` loads with: for `machine` (a catalogue name) or SD35_MACHINE where set, emulated on this

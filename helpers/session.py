@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from helpers.access import has_token
-from helpers.checks import check_seed
+from helpers.checks import check_seed, checked, flag, listed
 from helpers.images import output_dir
 from helpers.machines import MACHINE_VARIABLE, Machine, emulated_machine, live_machine
-from helpers.models import AUTO, MODEL_VARIABLE, MODELS, ModelSpec, get_model, model_setting
+from helpers.models import AUTO, MODEL_VARIABLE, MODELS, ModelSpec, get_model, model_setting, model_spec
 from helpers.routes import Route, default_device, plan_route
 
 if TYPE_CHECKING:
@@ -191,6 +191,14 @@ def _played_by(offline: ModelSpec, about: tuple[ModelSpec, ...], machine: Machin
     return tuple(offline if spec.is_stand_in else offline.playing(spec.name) for spec in fitting), notes
 
 
+def _about(value: object, name: str) -> tuple[ModelSpec, ...]:
+    """The model(s) a notebook is about: one name or a list of names."""
+    if isinstance(value, (str, ModelSpec)):
+        return (model_spec(value, name),)
+    return tuple(listed(model_spec, 1, len(MODELS))(value, name))
+
+
+@checked(about=_about, seed=lambda value, name: check_seed(value, name, maximum=2**32 - 1), verbose=flag)
 def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool = True) -> Session:
     """Prepare a notebook: choose model, device and dtype; seed Python, NumPy and torch; print a short report.
 
@@ -201,11 +209,8 @@ def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool 
     import numpy
     import torch
 
-    check_seed(seed, maximum=2**32 - 1)  # NumPy's global generator takes no more
-    setting = model_setting()
-    about_specs = tuple(get_model(name) for name in ([about] if isinstance(about, str) else about))
-    if not about_specs:
-        raise ValueError("about is empty: name the model(s) this notebook is about, e.g. about='large'.")
+    setting = model_setting()  # seed is checked up to 2**32 - 1: NumPy's global generator takes no more
+    about_specs = about
 
     machine = emulated_machine()
     emulated = machine is not None

@@ -14,8 +14,34 @@ from typing import Any
 
 from PIL import Image
 
-from helpers.experiments import generate
-from helpers.inputs import rectangle_mask
+from helpers.checks import (
+    MAX_STEPS,
+    check_guidance_scale,
+    check_max_sequence_length,
+    check_prompt,
+    check_seed,
+    check_steps,
+    check_strength,
+    checked,
+    optional,
+    output_folder,
+    picture,
+    pipeline,
+    side,
+    whole,
+)
+from helpers.experiments import check_for_pipeline, check_settings, generate
+from helpers.inputs import fractions_box, rectangle_mask
+from helpers.models import model_name
+
+MAX_SEED_BOX = 2**53 - 1
+"""The largest whole number a browser's seed box holds exactly (JavaScript numbers are 64-bit floats)."""
+COMMON = {"pipe": pipeline, "model": model_name, "prompt": check_prompt, "negative_prompt": check_prompt,
+          "guidance_scale": check_guidance_scale, "num_inference_steps": check_steps,
+          "seed": lambda value, name: check_seed(value, name, maximum=MAX_SEED_BOX),
+          "max_sequence_length": optional(check_max_sequence_length), "folder": optional(output_folder),
+          "max_steps": whole(1, MAX_STEPS)}
+"""The checks of every explorer's arguments: what a sweep checks, and the bounds of the controls."""
 
 STYLE = {"description_width": "9em"}
 
@@ -36,6 +62,9 @@ class Explorer:
                  folder: str | Path | None = None, width: int = 512):
         import ipywidgets as widgets
 
+        # What a sweep would refuse, the explorer refuses before it draws anything (not a clamped slider).
+        check_for_pipeline(pipe, check_settings({**fixed, **{name: control.value for name, control in
+                                                             controls.items() if not name.startswith("mask ")}}))
         self.pipe, self.model, self.folder = pipe, model, folder
         self.last_error: Exception | None = None
         self.controls, self.fixed = controls, fixed
@@ -104,12 +133,13 @@ def _prompt_controls(prompt: str, negative_prompt: str, guidance_scale: float, n
         "prompt": widgets.Textarea(value=prompt, description="prompt", style=STYLE, layout=_layout()),
         "negative_prompt": widgets.Textarea(value=negative_prompt, description="negative prompt", style=STYLE,
                                             layout=_layout()),
-        "guidance_scale": widgets.FloatSlider(value=guidance_scale, min=1.0, max=10.0, step=0.5,
+        "guidance_scale": widgets.FloatSlider(value=guidance_scale, min=min(1.0, guidance_scale),
+                                              max=max(10.0, guidance_scale), step=0.5,
                                               description="guidance scale", style=STYLE, layout=_layout()),
         "num_inference_steps": widgets.IntSlider(value=num_inference_steps, min=1,
                                                  max=max(max_steps, num_inference_steps), description="steps",
                                                  style=STYLE, layout=_layout()),
-        "seed": widgets.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed", style=STYLE),
+        "seed": widgets.BoundedIntText(value=seed, min=0, max=MAX_SEED_BOX, description="seed", style=STYLE),
     }
 
 
@@ -121,13 +151,14 @@ def _fixed(settings: dict[str, Any], max_sequence_length: int | None) -> dict[st
 def _strength_control(strength: float):
     import ipywidgets as widgets
 
-    return widgets.FloatSlider(value=strength, min=0.05, max=1.0, step=0.05, description="strength", style=STYLE,
-                               layout=_layout())
+    return widgets.FloatSlider(value=strength, min=min(0.05, strength), max=1.0, step=0.05, description="strength",
+                               style=STYLE, layout=_layout())
 
 
 class TextToImageExplorer(Explorer):
     """Prompt and negative prompt boxes, sliders for guidance scale and steps, a seed box."""
 
+    @checked(**COMMON, height=side, width=side)
     def __init__(self, pipe, model: str, *, prompt: str, negative_prompt: str = "", guidance_scale: float,
                  num_inference_steps: int, seed: int = 0, height: int, width: int,
                  max_sequence_length: int | None = None, folder: str | Path | None = None, max_steps: int = 60):
@@ -139,6 +170,7 @@ class TextToImageExplorer(Explorer):
 class ImageToImageExplorer(Explorer):
     """The text-to-image controls plus a strength slider, for one prepared input image."""
 
+    @checked(**COMMON, image=picture, strength=check_strength)
     def __init__(self, pipe, model: str, image: Image.Image, *, prompt: str, negative_prompt: str = "",
                  strength: float = 0.75, guidance_scale: float, num_inference_steps: int, seed: int = 0,
                  max_sequence_length: int | None = None, folder: str | Path | None = None, max_steps: int = 60):
@@ -151,6 +183,7 @@ class ImageToImageExplorer(Explorer):
 class InpaintingExplorer(Explorer):
     """Sliders for the painted rectangle's position and size, strength and guidance, on one prepared image."""
 
+    @checked(**COMMON, image=picture, box=fractions_box, strength=check_strength)
     def __init__(self, pipe, model: str, image: Image.Image, *, prompt: str, negative_prompt: str = "",
                  box: tuple[float, float, float, float] = (0.3, 0.3, 0.7, 0.7), strength: float = 1.0,
                  guidance_scale: float, num_inference_steps: int, seed: int = 0,
@@ -159,9 +192,9 @@ class InpaintingExplorer(Explorer):
 
         controls = _prompt_controls(prompt, negative_prompt, guidance_scale, num_inference_steps, seed, max_steps)
         left, top, right, bottom = box
-        for name, value, low, high in (("mask left", left, 0.0, 0.95), ("mask top", top, 0.0, 0.95),
-                                       ("mask width", right - left, 0.05, 1.0),
-                                       ("mask height", bottom - top, 0.05, 1.0)):
+        for name, value, low, high in (("mask left", left, 0.0, max(0.95, left)), ("mask top", top, 0.0, max(0.95, top)),
+                                       ("mask width", right - left, min(0.05, right - left), 1.0),
+                                       ("mask height", bottom - top, min(0.05, bottom - top), 1.0)):
             controls[name] = widgets.FloatSlider(value=value, min=low, max=high, step=0.05, description=name,
                                                  style=STYLE, layout=_layout())
         controls["strength"] = _strength_control(strength)

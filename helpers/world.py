@@ -19,6 +19,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from helpers.checks import checked
+
 SIZE = 64
 """The side, in pixels, of the scenes the offline model was trained on."""
 
@@ -173,13 +175,27 @@ def nearest_colour(rgb: np.ndarray) -> str:
     return _PALETTE_NAMES[int(np.argmin(((_PALETTE - np.asarray(rgb, dtype=np.float64)) ** 2).sum(axis=1)))]
 
 
-def _pixels(image: Image.Image | np.ndarray) -> np.ndarray:
+def _pixels(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
+    """A picture as (H, W, 3) floats from 0 to 255: a PIL image, or an array of 0-255 values (uint8 or numbers) or
+    of 0-1 floats (as matplotlib and torch keep them), which are scaled. Anything else is refused by name."""
     if isinstance(image, Image.Image):
+        if image.width < 1 or image.height < 1:
+            raise ValueError(f"{name} is an empty {image.width}x{image.height} image.")
         image = np.asarray(image.convert("RGB"))
-    pixels = np.asarray(image)
-    if pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(f"image of shape {pixels.shape} is not an RGB picture; pass a PIL image or (H, W, 3) array.")
-    return pixels.astype(np.float64)
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{name} must be a PIL image or an (H, W, 3) NumPy array, not {type(image).__name__}.")
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape or image.dtype.kind not in "uif":
+        raise ValueError(f"{name} of shape {image.shape} and dtype {image.dtype} is not an RGB picture; pass a PIL "
+                         "image or an (H, W, 3) array of numbers.")
+    if image.shape[0] * image.shape[1] > 89_478_485:  # helpers.inputs.MAX_INPUT_PIXELS
+        raise ValueError(f"{name} is {image.shape[1]}x{image.shape[0]} pixels; the judge reads pictures up to "
+                         "89,478,485 pixels.")
+    pixels = image.astype(np.float64)
+    if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
+        raise ValueError(f"{name} holds values outside 0-255 (or NaN); give 0-255 values, or 0-1 floats.")
+    if image.dtype.kind == "f" and pixels.max() <= 1:
+        pixels = pixels * 255.0
+    return pixels
 
 
 def _neighbours(mask: np.ndarray) -> list[np.ndarray]:
@@ -196,13 +212,15 @@ def _grow(mask: np.ndarray) -> np.ndarray:
     return np.logical_or.reduce(_neighbours(mask))
 
 
+@checked(image=_pixels)
 def judge(image: Image.Image | np.ndarray) -> Reading:
     """Read a picture in the toy world's terms: background colour, and the shape, its colour and centre, if any.
+    Arrays of 0-1 floats are read as 0-255 values scaled down.
 
     The background is the colour of the picture's border; shape pixels are those far from it. The shape is told by
     how much of its bounding box it fills (square 1, circle 0.79, triangle 0.5). Exact on the world's own scenes.
     """
-    pixels = _pixels(image)
+    pixels = image
     height, width, _ = pixels.shape
     ring = max(1, min(height, width) // 32)
     border = np.concatenate([pixels[:ring].reshape(-1, 3), pixels[-ring:].reshape(-1, 3),

@@ -317,7 +317,7 @@ def _helper_argument_attacks():
     attack("sample('portrait')", lambda: sample("portrait"), ValueError, "name='portrait'")
     attack("load_image of a path that does not exist", lambda: load_image("no/such/photo.png"), FileNotFoundError,
            "'no/such/photo.png': no such file")
-    attack("load_image(42)", lambda: load_image(42), TypeError, "not int")
+    attack("load_image(42)", lambda: load_image(42), ValueError, "not int")
 
 
 _helper_argument_attacks()

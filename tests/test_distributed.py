@@ -90,7 +90,7 @@ def test_a_plan_is_checked_before_any_process_starts(tmp_path):
     with pytest.raises(ValueError, match="num_inference_steps=0"):
         make_plan(TOY.name, {**FIXED, "num_inference_steps": 0}, VARY, tmp_path)
     with pytest.raises(ValueError, match="text, numbers and lists only"):
-        make_plan(TOY.name, {**FIXED, "mask_image": Image.new("L", (64, 64))}, VARY, tmp_path)
+        make_plan(TOY.name, {**FIXED, "image": Image.new("RGB", (64, 64)), "strength": 0.5}, VARY, tmp_path)
     with pytest.raises(ValueError, match="not a model of this series"):
         make_plan("sd4", FIXED, VARY, tmp_path)
     plan = make_plan(TOY.name, FIXED, VARY, tmp_path)

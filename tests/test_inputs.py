@@ -57,7 +57,7 @@ def test_non_images_are_refused_with_the_fix(tmp_path):
         load_image(b"%PDF-1.7")
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_image(tmp_path / "missing.png")
-    with pytest.raises(TypeError, match="not int"):
+    with pytest.raises(ValueError, match="not int"):
         load_image(3)
 
 

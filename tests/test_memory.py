@@ -121,7 +121,7 @@ def test_estimates_grow_with_image_size():
     [
         (("large", "turbo-mode"), "strategy='turbo-mode' is not a strategy"),
         (("large", "gpu", 1000), "size=1000 must be a positive multiple of 16"),
-        (("tiny", "gpu"), "model='tiny' is an offline model"),
+        (("tiny", "gpu"), "model='tiny' has no full-size architecture"),
     ],
 )
 def test_bad_estimate_input_names_the_value(arguments, message):

@@ -29,6 +29,7 @@ def pytest_configure(config) -> None:
     os.environ["SD35_CACHE_DIR"] = os.path.join(scratch, "cache")
     os.environ["SD35_OUTPUT_DIR"] = os.path.join(scratch, "outputs")
     os.environ["HF_HOME"] = os.path.join(scratch, "hf-home")  # no cached login
+    os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = os.path.join(scratch, "hypothesis")  # not .hypothesis/ here
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
         os.environ.pop(name, None)

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from helpers.checks import checked, listed, pipeline
+from helpers.checks import checked, listed, pipeline, shown
 from helpers.models import MODELS, full_size_model, get_model
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -86,9 +86,9 @@ def build_component(model: str, component: str, *, device: str = "meta", dtype=N
 
     spec = get_model(model)
     if spec.transformer_config is None:
-        raise ValueError(f"model={model!r} has no full-size architecture; use 'large', 'large-turbo' or 'medium'.")
+        raise ValueError(f"model={shown(model)} has no full-size architecture; use 'large', 'large-turbo' or 'medium'.")
     if component not in COMPONENTS:
-        raise ValueError(f"component={component!r} is not a pipeline part; use one of: {', '.join(COMPONENTS)}.")
+        raise ValueError(f"component={shown(component)} is not a pipeline part; use one of: {', '.join(COMPONENTS)}.")
     config = reference_config(COMPONENTS[component][0] or spec.transformer_config)
     config.pop("architectures", None)
     previous_dtype = torch.get_default_dtype()
@@ -135,7 +135,7 @@ def meta_component(model: str, component: str):
     """The full-size `component` of `model` on the meta device, built once and shared (treat it as read-only)."""
     spec = get_model(model)
     if component == "transformer" and spec.transformer_config is None:
-        raise ValueError(f"model={model!r} has no full-size architecture; use 'large', 'large-turbo' or 'medium'.")
+        raise ValueError(f"model={shown(model)} has no full-size architecture; use 'large', 'large-turbo' or 'medium'.")
     # Models that share a config (Large and Large Turbo; every model's text encoders and VAE) share one build.
     return _meta_build(spec.transformer_config if component == "transformer" else "shared", component)
 

@@ -28,9 +28,11 @@ from helpers.checks import (
     check_max_sequence_length,
     check_output_file,
     check_prompt,
+    check_side,
     check_steps,
     checked,
     flag,
+    function,
     instance,
     listed,
     one_of,
@@ -40,7 +42,7 @@ from helpers.checks import (
     text,
     whole,
 )
-from helpers.models import MODELS, check_side, full_size_model, get_model, model_name
+from helpers.models import MODELS, full_size_model, get_model, model_name
 
 MAX_RUNS = 1000
 """Timed or warm-up runs of one measurement: a bound that stops a typo from running for days."""
@@ -160,13 +162,7 @@ class _PeakRss:
         self._thread.join()
 
 
-def _callable(value: Any, name: str) -> Callable[[], Any]:
-    if not callable(value):
-        raise ValueError(f"{name} must be a function to time (called with no arguments), not {type(value).__name__}.")
-    return value
-
-
-@checked(call=_callable, device=text, warmup=whole(0, MAX_RUNS), runs=whole(1, MAX_RUNS), progress=flag)
+@checked(call=function, device=text, warmup=whole(0, MAX_RUNS), runs=whole(1, MAX_RUNS), progress=flag)
 def time_call(call: Callable[[], Any], *, device: str, warmup: int = 1, runs: int = 5, progress: bool = True):
     """Run `call` `warmup` times untimed, then `runs` times timed; return (seconds per run, peak memory, kind).
 

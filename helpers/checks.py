@@ -18,11 +18,21 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from helpers.models import check_side
-
-__all__ = ["check_guidance_scale", "check_max_sequence_length", "check_output_file", "check_prompt", "check_seed",
-           "check_side", "check_steps", "check_strength", "check_strength_for_steps", "checked", "is_whole",
-           "steps_run"]
+__all__ = [
+    "check_guidance_scale",
+    "check_max_sequence_length",
+    "check_output_file",
+    "check_prompt",
+    "check_seed",
+    "check_side",
+    "check_steps",
+    "check_strength",
+    "check_strength_for_steps",
+    "checked",
+    "is_whole",
+    "shown",
+    "steps_run",
+]
 
 Rule = Callable[[Any, str], Any]
 """A check: takes the value and the parameter's name, returns the value to use or raises ValueError."""
@@ -34,6 +44,9 @@ T5_MAX_TOKENS = 512
 MAX_STEPS = 1000
 """SD3.5's scheduler is trained on 1000 timesteps (`num_train_timesteps`); the bound stops a typo (28000 for 28)
 from running for hours."""
+MAX_GUIDANCE = 100
+"""Guidance scales beyond any use (SD3.5's model cards recommend 3.5 to 4.5); far larger ones multiply the gap
+between the two noise predictions until float16 or float32 overflow and the picture is NaN."""
 MAX_TEXT = 20_000
 """Characters in a prompt: CLIP reads 77 tokens and T5 at most 512, far fewer than this."""
 MAX_COUNT = 100_000
@@ -50,18 +63,38 @@ def is_whole(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and _is_number(value)
 
 
+SIZE_MULTIPLE = 16
+"""Image sides must be multiples of 16: the VAE shrinks by 8 and the transformer groups 2x2 latent pixels."""
+
+
+MAX_SIDE = 6144
+"""The largest side any model of the series draws: SD3.5 Medium's position table (pos_embed_max_size 384 patches
+of 2 latent pixels, each 8 image pixels). Large's table stops at 3072; a loaded pipeline is checked against its own
+(`helpers.experiments.max_side`)."""
+
+
+def check_side(name: str, value: object) -> int:
+    """`value` if it is a positive multiple of 16 up to MAX_SIDE, else an error naming `name`, the value and the
+    rule. NumPy's integers are accepted (and returned as Python's)."""
+    whole = is_whole(value)
+    if not whole or value <= 0 or value % SIZE_MULTIPLE or value > MAX_SIDE:
+        raise ValueError(f"{name}={shown(value)} must be a positive multiple of {SIZE_MULTIPLE} (VAE factor 8 x patch 2) "
+                         f"up to {MAX_SIDE}, e.g. 1024.")
+    return int(value)
+
+
 def check_guidance_scale(value: Any, name: str = "guidance_scale") -> float:
-    """A finite number of 0 or more (1 or less turns classifier-free guidance off)."""
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}={value!r} must be a finite number of 0 or more, e.g. 4.5 (1 or less turns "
-                         "guidance off).")
+    """A finite number from 0 to MAX_GUIDANCE (1 or less turns classifier-free guidance off)."""
+    if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= MAX_GUIDANCE:
+        raise ValueError(f"{name}={shown(value)} must be a number from 0 to {MAX_GUIDANCE}, e.g. 4.5 (1 or less "
+                         "turns guidance off).")
     return float(value)
 
 
 def check_steps(value: Any, name: str = "num_inference_steps") -> int:
     """A whole number of denoising steps, from 1 to MAX_STEPS."""
     if not is_whole(value) or not 1 <= value <= MAX_STEPS:
-        raise ValueError(f"{name}={value!r} must be a whole number from 1 to {MAX_STEPS}, e.g. 28.")
+        raise ValueError(f"{name}={shown(value)} must be a whole number from 1 to {MAX_STEPS}, e.g. 28.")
     return int(value)
 
 
@@ -69,14 +102,14 @@ def check_seed(value: Any, name: str = "seed", maximum: int = MAX_SEED) -> int:
     """A whole number from 0 to `maximum` (torch.Generator takes up to 2**63 - 1, NumPy's global seed 2**32 - 1)."""
     if not is_whole(value) or not 0 <= value <= maximum:
         limit = "2**63 - 1" if maximum == MAX_SEED else f"{maximum:,}"
-        raise ValueError(f"{name}={value!r} must be a whole number from 0 to {limit}, e.g. 0.")
+        raise ValueError(f"{name}={shown(value)} must be a whole number from 0 to {limit}, e.g. 0.")
     return int(value)
 
 
 def check_strength(value: Any, name: str = "strength") -> float:
     """More than 0 (0 would keep the input and run no step) and at most 1 (ignore the input entirely)."""
     if not _is_number(value) or not math.isfinite(value) or not 0 < value <= 1:
-        raise ValueError(f"{name}={value!r} must be more than 0 and at most 1: near 0 keeps the input, 1 ignores "
+        raise ValueError(f"{name}={shown(value)} must be more than 0 and at most 1: near 0 keeps the input, 1 ignores "
                          "it entirely.")
     return float(value)
 
@@ -98,7 +131,7 @@ def check_prompt(value: Any, name: str = "prompt") -> str:
     """Text of at most MAX_TEXT characters (an empty prompt is allowed: the model then draws unguided)."""
     if not isinstance(value, str):
         raise ValueError(
-            f"{name}={_shown(value)} must be text (a str), e.g. {name}='a red circle'; use '' for none.")
+            f"{name}={shown(value)} must be text (a str), e.g. {name}='a red circle'; use '' for none.")
     if len(value) > MAX_TEXT:
         raise ValueError(f"{name} is {len(value):,} characters long; the text encoders read at most 512 tokens, so "
                          f"keep it under {MAX_TEXT:,} characters.")
@@ -108,7 +141,7 @@ def check_prompt(value: Any, name: str = "prompt") -> str:
 def check_max_sequence_length(value: Any, name: str = "max_sequence_length") -> int:
     """T5 tokens per prompt: a whole number from 1 to 512."""
     if not is_whole(value) or not 1 <= value <= T5_MAX_TOKENS:
-        raise ValueError(f"{name}={value!r} must be a whole number from 1 to {T5_MAX_TOKENS} (T5 tokens per "
+        raise ValueError(f"{name}={shown(value)} must be a whole number from 1 to {T5_MAX_TOKENS} (T5 tokens per "
                          "prompt; diffusers' default is 256).")
     return int(value)
 
@@ -132,7 +165,7 @@ def check_output_file(path: Path, name: str, suffix: str | None = None) -> Path:
 
 # --- The door: rules declared next to a signature ------------------------------------------------------------------
 
-def _shown(value: Any, limit: int = 80) -> str:
+def shown(value: Any, limit: int = 80) -> str:
     """repr() of a value, cut to `limit` characters (a message never repeats a megabyte the reader passed)."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-2:]} ({len(text):,} characters)"
@@ -169,7 +202,7 @@ def whole(low: int = 0, high: int = MAX_COUNT) -> Rule:
     """A whole number from `low` to `high` (NumPy's integers accepted; bools and 2.0 refused)."""
     def rule(value: Any, name: str) -> int:
         if not is_whole(value) or not low <= value <= high:
-            raise ValueError(f"{name}={_shown(value)} must be a whole number from {low:,} to {high:,}.")
+            raise ValueError(f"{name}={shown(value)} must be a whole number from {low:,} to {high:,}.")
         return int(value)
     return rule
 
@@ -181,7 +214,7 @@ def number(low: float = -math.inf, high: float = math.inf, *, above: bool = Fals
                 or (value <= low if above else value < low)):
             bounds = [f"more than {low:g}" if above else f"at least {low:g}"] if math.isfinite(low) else []
             bounds += [f"at most {high:g}"] if math.isfinite(high) else []
-            raise ValueError(f"{name}={_shown(value)} must be a finite number{' ' if bounds else ''}"
+            raise ValueError(f"{name}={shown(value)} must be a finite number{' ' if bounds else ''}"
                              f"{' and '.join(bounds)}.")
         return float(value)
     return rule
@@ -191,7 +224,7 @@ def flag(value: Any, name: str) -> bool:
     """True or False (NumPy's bools accepted): a string such as 'no' would read as true."""
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return bool(value)
-    raise ValueError(f"{name}={_shown(value)} must be True or False.")
+    raise ValueError(f"{name}={shown(value)} must be True or False.")
 
 
 def text(value: Any, name: str) -> str:
@@ -203,7 +236,7 @@ def one_of(*choices: str) -> Rule:
     """One of the given strings."""
     def rule(value: Any, name: str) -> str:
         if not isinstance(value, str) or value not in choices:
-            raise ValueError(f"{name}={_shown(value)} must be one of: {', '.join(map(repr, choices))}.")
+            raise ValueError(f"{name}={shown(value)} must be one of: {', '.join(map(repr, choices))}.")
         return value
     return rule
 
@@ -221,7 +254,7 @@ def listed(inner: Rule, low: int = 1, high: int = MAX_COUNT) -> Rule:
     def rule(value: Any, name: str) -> list:
         array = getattr(value, "ndim", None) == 1 and hasattr(value, "tolist")
         if isinstance(value, (str, bytes, Mapping)) or not (isinstance(value, Sequence) or array):
-            raise ValueError(f"{name}={_shown(value)} must be a list or tuple of {low} to {high:,} items.")
+            raise ValueError(f"{name}={shown(value)} must be a list or tuple of {low} to {high:,} items.")
         if not low <= len(value) <= high:
             count = "is empty" if len(value) == 0 else f"has {len(value):,} items"
             raise ValueError(f"{name} {count}; give {low} to {high:,} items.")
@@ -229,11 +262,18 @@ def listed(inner: Rule, low: int = 1, high: int = MAX_COUNT) -> Rule:
     return rule
 
 
+def function(value: Any, name: str) -> Callable:
+    """Something to call: a function, a lambda, a method."""
+    if not callable(value):
+        raise ValueError(f"{name} must be a function, not {type(value).__name__} ({shown(value, 40)}).")
+    return value
+
+
 def instance(kind: type | tuple[type, ...], what: str) -> Rule:
     """An instance of `kind`, described to the reader as `what`."""
     def rule(value: Any, name: str) -> Any:
         if not isinstance(value, kind):
-            raise ValueError(f"{name} must be {what}, not {type(value).__name__} ({_shown(value, 40)}).")
+            raise ValueError(f"{name} must be {what}, not {type(value).__name__} ({shown(value, 40)}).")
         return value
     return rule
 
@@ -275,22 +315,26 @@ def module(value: Any, name: str) -> Any:
 def check_path(value: Any, name: str) -> Path:
     """A path given as text or a Path: not empty, no NUL character (which no file system accepts)."""
     if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
-        raise ValueError(f"{name}={_shown(value)} must be a path (text or a pathlib.Path).")
+        raise ValueError(f"{name}={shown(value)} must be a path (text or a pathlib.Path).")
     text = os.fspath(value)
     if not isinstance(text, str) or not text.strip() or "\x00" in text or len(text) > 4096:
-        raise ValueError(f"{name}={_shown(text)} is not a usable path; give a folder or file name.")
+        raise ValueError(f"{name}={shown(text)} is not a usable path; give a folder or file name.")
     return Path(text)
 
 
 def output_folder(value: Any, name: str) -> Path:
-    """A folder pictures will be written to, checked before any is made: it is, or can become, a writable folder."""
+    """A folder pictures will be written to, checked before any is made: it is made now if it is missing, and a
+    file can be written in it."""
+    import tempfile
+
     path = check_path(value, name)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{name}={str(path)!r} is a file, not a folder; give a folder for the pictures.")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{name}={str(path)!r} cannot be written (a file on the way, or a folder you may not "
-                         "write to); choose another folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # the one test of writing that holds for root and read-only disks
+            pass
+    except OSError as error:
+        raise ValueError(f"{name}={str(path)!r} cannot be written ({error.strerror or error}); choose another "
+                         "folder.") from None
     return path

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers.checks import shown
 from helpers.experiments import sweep_combinations
 
 PLANS, CLAIMS, JOURNALS = ".plans", ".claims", ".journal"
@@ -279,7 +280,7 @@ def check_processes(num_processes: object, images: int) -> int:
     import torch
 
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"num_processes={num_processes!r} must be a whole number, 1 or more (one per GPU).")
+        raise ValueError(f"num_processes={shown(num_processes)} must be a whole number, 1 or more (one per GPU).")
     if num_processes > images:
         raise ValueError(f"num_processes={num_processes} is more than the sweep's {images} image(s): "
                          f"{num_processes - images} process(es) would load the model and have nothing to make. "

@@ -326,8 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.evaluation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=64, help="pictures per point (default 64)")
     arguments = parser.parse_args(argv)
-    if arguments.count < 1:
-        parser.error(f"--count={arguments.count} must be at least 1.")
+    try:
+        whole(1, 10_000)(arguments.count, "--count")
+    except ValueError as error:
+        parser.error(str(error))
     print(evaluate(arguments.count))
     return 0
 

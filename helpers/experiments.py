@@ -25,6 +25,8 @@ from PIL import Image
 
 from helpers.checks import (
     MAX_COUNT,
+    MAX_SIDE,
+    SIZE_MULTIPLE,
     check_guidance_scale,
     check_max_sequence_length,
     check_prompt,
@@ -35,6 +37,7 @@ from helpers.checks import (
     check_strength_for_steps,
     checked,
     flag,
+    function,
     instance,
     is_whole,
     listed,
@@ -43,6 +46,8 @@ from helpers.checks import (
     output_folder,
     picture,
     pipeline,
+    shown,
+    text,
 )
 from helpers.images import STAGING_PREFIX, image_grid, output_dir, read_metadata, write_png
 from helpers.models import model_name
@@ -90,17 +95,28 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
                          f"got {type(settings).__name__}.")
     unknown = sorted(set(settings) - PARAMETERS, key=repr)
     if unknown:
-        raise ValueError(f"unknown setting {unknown[0]!r}. Settings a sweep knows: {', '.join(sorted(PARAMETERS))}.")
+        raise ValueError(f"unknown setting {shown(unknown[0])}. Settings a sweep knows: {', '.join(sorted(PARAMETERS))}.")
     missing = [name for name in REQUIRED if name not in settings]
     if missing:
-        raise ValueError(f"setting {missing[0]!r} is missing; give it a value, e.g. in `fixed`.")
-    checked = dict(settings)
+        raise ValueError(f"setting {shown(missing[0])} is missing; give it a value, e.g. in `fixed`.")
+    # An optional setting of None means "the pipeline's default", as leaving it out does: one setting, one key.
+    checked = {name: value for name, value in settings.items() if value is not None or name in REQUIRED}
     checked["guidance_scale"] = check_guidance_scale(settings["guidance_scale"])
     checked["num_inference_steps"] = steps = check_steps(settings["num_inference_steps"])
     checked["seed"] = check_seed(settings["seed"])
     check_prompt(settings["prompt"])
     if settings.get("negative_prompt") is not None:  # None means no negative prompt, as in diffusers
         check_prompt(settings["negative_prompt"], "negative_prompt")
+    for name, modes, helper in (("image", ("RGB",), "prepare_image"), ("mask_image", ("L", "1"), "prepare_mask")):
+        value = settings.get(name)
+        if value is not None and (not isinstance(value, Image.Image) or value.mode not in modes):
+            what = f"a {value.mode} image" if isinstance(value, Image.Image) else repr(type(value).__name__)
+            raise ValueError(f"{name} is {what}; the pipeline takes {' or '.join(modes)}. Pass it through "
+                             f"{helper}() first, which converts it faithfully and says what it did.")
+        if value is not None and (value.width % SIZE_MULTIPLE or value.height % SIZE_MULTIPLE or not value.width or not value.height
+                                  or value.width > MAX_SIDE or value.height > MAX_SIDE):
+            raise ValueError(f"{name} is {value.width}x{value.height} pixels; SD3 needs sides that are multiples of "
+                             f"{SIZE_MULTIPLE} up to {MAX_SIDE}. Pass it through {helper}() first.")
     for side in ("height", "width"):
         if settings.get(side) is not None:
             checked[side] = check_side(side, settings[side])
@@ -109,12 +125,6 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
         check_strength_for_steps(checked["strength"], steps)
     if settings.get("max_sequence_length") is not None:
         checked["max_sequence_length"] = check_max_sequence_length(settings["max_sequence_length"])
-    for name, modes, helper in (("image", ("RGB",), "prepare_image"), ("mask_image", ("L", "1"), "prepare_mask")):
-        value = settings.get(name)
-        if value is not None and (not isinstance(value, Image.Image) or value.mode not in modes):
-            what = f"a {value.mode} image" if isinstance(value, Image.Image) else repr(type(value).__name__)
-            raise ValueError(f"{name} is {what}; the pipeline takes {' or '.join(modes)}. Pass it through "
-                             f"{helper}() first, which converts it faithfully and says what it did.")
     if settings.get("mask_image") is not None and settings.get("image") is None:
         raise ValueError("mask_image is given without image: inpainting needs the picture to paint in as `image`.")
     _check_skip_layer_guidance(settings, checked)
@@ -144,7 +154,7 @@ def batch_settings(settings: dict[str, Any], name: str = "settings") -> dict[str
                 check_prompt(item, f"{key}[{index}]" if isinstance(value, list) else key)
     shared = {key: value for key, value in settings.items() if not (key in PER_PICTURE and isinstance(value, list))}
     checked_shared = check_settings({**base, **shared})
-    normalised = {key: checked_shared[key] for key in shared} | texts
+    normalised = {key: checked_shared[key] for key in shared if key in checked_shared} | texts
     lists = {key: settings[key] for key in PER_PICTURE if isinstance(settings.get(key), list)}
     for index in range(max(map(len, lists.values()), default=0)):  # lengths are compared with the prompts later
         picture = {key: values[index] for key, values in lists.items() if index < len(values)}
@@ -162,7 +172,7 @@ def _check_skip_layer_guidance(settings: dict[str, Any], checked: dict[str, Any]
     if layers is not None:
         if isinstance(layers, (str, bytes, dict)) or not isinstance(layers, Sequence) or not layers or not all(
                 is_whole(layer) and layer >= 0 for layer in layers):
-            raise ValueError(f"skip_guidance_layers={layers!r} must be a non-empty list of layer numbers (0 or more), "
+            raise ValueError(f"skip_guidance_layers={shown(layers)} must be a non-empty list of layer numbers (0 or more), "
                              "e.g. [7, 8, 9] as Stability AI uses for Medium.")
         checked["skip_guidance_layers"] = [int(layer) for layer in layers]
     for name in ("skip_layer_guidance_scale", "skip_layer_guidance_start", "skip_layer_guidance_stop"):
@@ -173,11 +183,13 @@ def _check_skip_layer_guidance(settings: dict[str, Any], checked: dict[str, Any]
         if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
                 and 0 <= value <= high):
             bound = "0 or more, e.g. 2.8" if high == math.inf else "from 0 to 1 (a fraction of the steps)"
-            raise ValueError(f"{name}={value!r} must be a finite number {bound}.")
+            raise ValueError(f"{name}={shown(value)} must be a finite number {bound}.")
         checked[name] = float(value)
-    start, stop = checked.get("skip_layer_guidance_start", 0.01), checked.get("skip_layer_guidance_stop", 0.2)
+    start = checked.get("skip_layer_guidance_start")
+    stop = checked.get("skip_layer_guidance_stop")
+    start, stop = 0.01 if start is None else start, 0.2 if stop is None else stop
     if start >= stop:  # diffusers' defaults are 0.01 and 0.2
-        raise ValueError(f"skip_layer_guidance_start={start!r} must be below skip_layer_guidance_stop={stop!r}: "
+        raise ValueError(f"skip_layer_guidance_start={shown(start)} must be below skip_layer_guidance_stop={shown(stop)}: "
                          "layers are skipped between the two.")
 
 
@@ -205,7 +217,7 @@ def check_for_pipeline(pipe, settings: dict[str, Any]) -> None:
     layers = settings.get("skip_guidance_layers")
     count = getattr(getattr(getattr(pipe, "transformer", None), "config", None), "num_layers", None)
     if layers and isinstance(count, int) and max(layers) >= count:
-        raise ValueError(f"skip_guidance_layers={layers!r}: this transformer has layers 0 to {count - 1}.")
+        raise ValueError(f"skip_guidance_layers={shown(layers)}: this transformer has layers 0 to {count - 1}.")
     accepted = inspect.signature(pipe.__call__).parameters
     for name in ("image", "mask_image", "strength", *(n for n in settings if n.startswith("skip_"))):
         if settings.get(name) is not None and name not in accepted:
@@ -283,7 +295,8 @@ def _intact(path: Path, key: dict[str, Any]) -> bool:
 
 
 @checked(pipe=pipeline, model=model_name, settings=instance(dict, "a dict of pipeline settings"),
-         folder=optional(output_folder))
+         folder=optional(output_folder), on_step=optional(function), fingerprint=optional(text),
+         repaired=optional(instance(list, "a list that damaged paths are added to")))
 def generate(
     pipe, model: str, settings: dict[str, Any], folder: str | Path | None = None, *, on_step=None,
     fingerprint: str | None = None, repaired: list[Path] | None = None,
@@ -367,7 +380,7 @@ class Sweep:
         """A grid: one row per value of `rows`, one column per value of `columns` (the others must be single)."""
         for name in (rows, columns):
             if name not in self.vary:
-                raise ValueError(f"{name!r} is not varied in this sweep; choose from: {', '.join(self.vary)}.")
+                raise ValueError(f"{shown(name)} is not varied in this sweep; choose from: {', '.join(self.vary)}.")
         others = {name: values for name, values in self.vary.items() if name not in (rows, columns)}
         if any(len(values) > 1 for values in others.values()):
             raise ValueError(f"the grid shows {rows} x {columns}; fix the other varied settings: {', '.join(others)}.")
@@ -390,10 +403,10 @@ def sweep_combinations(fixed: dict[str, Any], vary: dict[str, Sequence]) -> list
         raise ValueError("vary is empty: name at least one setting and its values, e.g. vary={'seed': [0, 1, 2]}.")
     for name, values in vary.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-            raise ValueError(f"vary[{name!r}]={values!r} must be a non-empty list of values.")
+            raise ValueError(f"vary[{shown(name)}]={shown(values)} must be a non-empty list of values.")
     overlap = set(fixed) & set(vary)
     if overlap:
-        raise ValueError(f"{min(overlap, key=repr)!r} is both fixed and varied; keep it in one of the two.")
+        raise ValueError(f"{shown(min(overlap, key=repr))} is both fixed and varied; keep it in one of the two.")
     count = math.prod(len(values) for values in vary.values())
     if count > MAX_COUNT:
         raise ValueError(f"vary makes {count:,} combinations, more than {MAX_COUNT:,}: sweep fewer values at once.")
@@ -403,7 +416,9 @@ def sweep_combinations(fixed: dict[str, Any], vary: dict[str, Sequence]) -> list
     return combinations
 
 
-@checked(pipe=pipeline, model=model_name, folder=optional(output_folder), progress=flag)
+@checked(pipe=pipeline, model=model_name, fixed=instance(dict, "a dict of settings"),
+         vary=instance(dict, "a dict of settings and their lists of values"), folder=optional(output_folder),
+         progress=flag)
 def run_sweep(
     pipe,
     model: str,
@@ -519,11 +534,11 @@ COLOURS = {
 def _hue_range(value: Any, name: str) -> str | tuple[float, float]:
     if isinstance(value, str):
         if value not in COLOURS:
-            raise ValueError(f"{name}={value!r} is not named; use one of {', '.join(COLOURS)} or a (low, high) range.")
+            raise ValueError(f"{name}={shown(value)} is not named; use one of {', '.join(COLOURS)} or a (low, high) range.")
         return value
     low, high = listed(number(-360, 360), 2, 2)(value, name)
     if low > high:
-        raise ValueError(f"{name}={value!r}: a hue range is (low, high) in degrees with low <= high, e.g. (-20, 20).")
+        raise ValueError(f"{name}={shown(value)}: a hue range is (low, high) in degrees with low <= high, e.g. (-20, 20).")
     return low, high
 
 
@@ -549,7 +564,8 @@ def mean_difference(first: Image.Image, second: Image.Image) -> float:
     import numpy as np
 
     if first.size != second.size:
-        raise ValueError(f"the images differ in size: {first.size} and {second.size}; compare images of one size.")
+        raise ValueError(f"first is {first.width}x{first.height} and second {second.width}x{second.height}: compare "
+                         "pictures of one size.")
     a = np.asarray(first.convert("RGB"), dtype=float)
     b = np.asarray(second.convert("RGB"), dtype=float)
     return float(np.abs(a - b).mean())
@@ -561,7 +577,8 @@ def region_difference(first: Image.Image, second: Image.Image, mask: Image.Image
     import numpy as np
 
     if not first.size == second.size == mask.size:
-        raise ValueError(f"sizes differ: {first.size}, {second.size} and mask {mask.size}; use one size for all.")
+        raise ValueError(f"sizes differ: first {first.size}, second {second.size} and mask {mask.size}; use one size "
+                         "for all.")
     difference = np.abs(np.asarray(first.convert("RGB"), dtype=float) - np.asarray(second.convert("RGB"), dtype=float))
     painted = np.asarray(mask.convert("L")) >= 128
     if painted.all() or not painted.any():

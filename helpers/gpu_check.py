@@ -34,6 +34,8 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+from helpers.checks import output_folder, shown
+
 DEFAULT_OUT = Path("outputs/gpu_check")
 SIZE = 1024
 STEPS = 28
@@ -531,8 +533,9 @@ def run(budget_s: float, out: Path, only: list[str] | None = None, progress: boo
     """Run the checks in order within `budget_s` seconds; write and return the report."""
     import torch
 
-    if not budget_s > 0:
-        raise ValueError(f"budget_s={budget_s!r} must be a positive number of seconds, e.g. 360.")
+    if not (isinstance(budget_s, (int, float)) and 0 < budget_s <= 86_400):
+        raise ValueError(f"budget_s={shown(budget_s)} must be a positive number of seconds up to a day, e.g. 360.")
+    out = output_folder(out, "--out")
     unknown = sorted(set(only or ()) - set(RUNNERS))
     if unknown:
         raise ValueError(f"--only {' '.join(unknown)}: no such check. Checks: {', '.join(RUNNERS)}.")

@@ -28,6 +28,7 @@ from helpers.checks import (
     optional,
     output_folder,
     picture,
+    shown,
     text,
 )
 
@@ -58,7 +59,7 @@ def _plain_settings(settings: dict[str, Any], name: str) -> dict[str, Any]:
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError):
-            raise ValueError(f"{key}={value!r} cannot be recorded in the PNG: every setting must be a plain number, "
+            raise ValueError(f"{key}={shown(value)} cannot be recorded in the PNG: every setting must be a plain number, "
                              "string or list.") from None
     return settings
 

@@ -19,7 +19,9 @@ from pathlib import Path
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps, UnidentifiedImageError
 
 from helpers.checks import (  # noqa: F401 - check_strength is part of this module's interface
+    SIZE_MULTIPLE,
     check_path,
+    check_side,
     check_strength,
     checked,
     listed,
@@ -27,11 +29,11 @@ from helpers.checks import (  # noqa: F401 - check_strength is part of this modu
     one_of,
     optional,
     picture,
+    shown,
     side,
     text,
     whole,
 )
-from helpers.models import SIZE_MULTIPLE, check_side
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "images"
 SAMPLES = {"scene": "sample_scene.png", "subject": "sample_subject.png"}
@@ -286,7 +288,7 @@ def fractions_box(box, name: str) -> tuple[float, float, float, float]:
     except ValueError:
         left = top = right = bottom = 0.0
     if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
-        raise ValueError(f"{name}={box!r} must be (left, top, right, bottom) fractions with 0 <= left < right <= 1 "
+        raise ValueError(f"{name}={shown(box)} must be (left, top, right, bottom) fractions with 0 <= left < right <= 1 "
                          "and 0 <= top < bottom <= 1.")
     return left, top, right, bottom
 
@@ -369,7 +371,7 @@ DRAWINGS = {"scene": draw_scene, "subject": draw_subject}
 
 def _sample_name(value, name: str) -> str:
     if not isinstance(value, str) or value not in SAMPLES:
-        raise ValueError(f"{name}={value!r} is not a sample; use one of: {', '.join(SAMPLES)}.")
+        raise ValueError(f"{name}={shown(value)} is not a sample; use one of: {', '.join(SAMPLES)}.")
     return value
 
 

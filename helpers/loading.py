@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from helpers.access import check_access, require_token
-from helpers.checks import checked, optional
+from helpers.checks import checked, optional, shown
 from helpers.machines import emulated_machine, machine_rule
 from helpers.models import ModelSpec, get_model, model_spec
 from helpers.routes import Route, build_pipeline, device_rule, dtype_rule, option, plan_route, remember
@@ -36,7 +36,7 @@ _requested: dict[tuple, Route] = {}
 
 def _pipeline_class(task: str):
     if task not in TASKS:
-        raise ValueError(f"task={task!r} is not a task of this series. Use one of: {', '.join(TASKS)}.")
+        raise ValueError(f"task={shown(task)} is not a task of this series. Use one of: {', '.join(TASKS)}.")
     for name in ("transformers.utils.import_utils", "diffusers.models.modeling_utils",
                  "diffusers.pipelines.pipeline_utils"):
         notices = logging.getLogger(name)
@@ -61,7 +61,7 @@ def _without_irrelevant_notices(record: logging.LogRecord) -> bool:
 def task_rule(value: object, name: str = "task") -> str:
     """One of TASKS: a rule for `helpers.checks`."""
     if not isinstance(value, str) or value not in TASKS:
-        raise ValueError(f"{name}={value!r} is not a task of this series. Use one of: {', '.join(TASKS)}.")
+        raise ValueError(f"{name}={shown(value)} is not a task of this series. Use one of: {', '.join(TASKS)}.")
     return value
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
+from helpers.checks import shown
+
 MACHINE_VARIABLE = "SD35_MACHINE"
 """The environment variable that makes the series plan as a catalogue machine, on this CPU."""
 
@@ -83,7 +85,7 @@ class Machine:
 
 def _check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not a dtype of this series. Use one of: {', '.join(DTYPES)}.")
+        raise ValueError(f"dtype={shown(dtype)} is not a dtype of this series. Use one of: {', '.join(DTYPES)}.")
     return dtype
 
 
@@ -126,7 +128,7 @@ def get_machine(machine: str | Machine) -> Machine:
         return machine
     found = MACHINES.get(machine.strip().lower()) if isinstance(machine, str) else None
     if found is None:
-        raise UnknownMachineError(f"machine={machine!r} is not a machine of the catalogue. Use one of: "
+        raise UnknownMachineError(f"machine={shown(machine)} is not a machine of the catalogue. Use one of: "
                                   f"{', '.join(MACHINES)}.")
     return found
 
@@ -134,7 +136,7 @@ def get_machine(machine: str | Machine) -> Machine:
 def machine_rule(value: object, name: str = "machine") -> Machine:
     """A catalogue machine given by name or as a Machine: a rule for `helpers.checks`."""
     if not isinstance(value, (str, Machine)):
-        raise UnknownMachineError(f"{name}={value!r} must be a machine's name, one of: {', '.join(MACHINES)}.")
+        raise UnknownMachineError(f"{name}={shown(value)} must be a machine's name, one of: {', '.join(MACHINES)}.")
     return get_machine(value)
 
 
@@ -148,7 +150,7 @@ def emulated_machine(environ: dict[str, str] | None = None) -> Machine | None:
         return get_machine(raw)
     except UnknownMachineError:
         raise UnknownMachineError(
-            f"{MACHINE_VARIABLE}={raw!r} is not a machine of the catalogue. Set it to one of: {', '.join(MACHINES)} "
+            f"{MACHINE_VARIABLE}={shown(raw)} is not a machine of the catalogue. Set it to one of: {', '.join(MACHINES)} "
             f"(for example `export {MACHINE_VARIABLE}=colab-t4`), or unset it to use this machine."
         ) from None
 

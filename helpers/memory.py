@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, replace
 from functools import cache
 
 from helpers.architecture import stored_tensors
-from helpers.checks import checked, flag, one_of, optional, side
+from helpers.checks import check_side, checked, flag, function, one_of, optional, shown, side
 from helpers.machines import MACHINES, Machine, get_machine, machine_rule
-from helpers.models import check_side, full_size_model, get_model
+from helpers.models import full_size_model, get_model
 
 FORMATS = ("fp32", "bf16", "fp16", "int8", "nf4")
 FLOAT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -117,7 +117,7 @@ class Breakdown:
         """Bytes of the component's weights when the quantizable layers are stored as `storage`, the rest in 16
         bits (in fp16 loads, float32 where transformers keeps it)."""
         if storage not in FORMATS:
-            raise ValueError(f"storage={storage!r} is not a format. Use one of: {', '.join(FORMATS)}.")
+            raise ValueError(f"storage={shown(storage)} is not a format. Use one of: {', '.join(FORMATS)}.")
         if storage in FLOAT_BYTES:
             total = (self.quantizable_values + self.other_values) * FLOAT_BYTES[storage]
             return total + (self.float32_in_float16 * 2 if storage == "fp16" else 0)
@@ -219,9 +219,9 @@ def activations(model: str, size: int = 1024, max_sequence_length: int = 256, at
     from helpers.attention import QUERY_CHUNK
 
     if attention not in ATTENTION_KINDS:
-        raise ValueError(f"attention={attention!r} is not an attention kind. Use one of: {', '.join(ATTENTION_KINDS)}.")
+        raise ValueError(f"attention={shown(attention)} is not an attention kind. Use one of: {', '.join(ATTENTION_KINDS)}.")
     if convolutions not in CONVOLUTION_KINDS:
-        raise ValueError(f"convolutions={convolutions!r} is not a convolution kind. Use one of: "
+        raise ValueError(f"convolutions={shown(convolutions)} is not a convolution kind. Use one of: "
                          f"{', '.join(CONVOLUTION_KINDS)}.")
     spec = get_model(model)
     transformer = reference_config(spec.transformer_config)
@@ -270,7 +270,7 @@ def strategy_rule(value: object, name: str = "strategy") -> str | Strategy:
     """A strategy's name in STRATEGIES, or a Strategy: a rule for `helpers.checks`."""
     if isinstance(value, Strategy) or (isinstance(value, str) and value in STRATEGIES):
         return value
-    raise ValueError(f"{name}={value!r} is not a strategy. Use one of: {', '.join(STRATEGIES)}.")
+    raise ValueError(f"{name}={shown(value)} is not a strategy. Use one of: {', '.join(STRATEGIES)}.")
 
 
 def machines_rule(value: object, name: str = "machines") -> dict[str, Machine]:
@@ -298,7 +298,7 @@ def weights(model: str, strategy: Strategy, dtype: str = "bfloat16") -> dict[str
 
     storage = STORAGE_OF_DTYPE.get(dtype)
     if storage is None:
-        raise ValueError(f"dtype={dtype!r} is not a dtype. Use one of: {', '.join(STORAGE_OF_DTYPE)}.")
+        raise ValueError(f"dtype={shown(dtype)} is not a dtype. Use one of: {', '.join(STORAGE_OF_DTYPE)}.")
     chosen = {"transformer": strategy.quantize, "text_encoder_3": {"keep": None}.get(strategy.t5, strategy.t5)}
     sizes = {}
     for part in COMPONENTS:
@@ -363,7 +363,7 @@ def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: 
                          "medium.")
     if isinstance(strategy, str):
         if strategy not in STRATEGIES:
-            raise ValueError(f"strategy={strategy!r} is not a strategy. Use one of: {', '.join(STRATEGIES)}.")
+            raise ValueError(f"strategy={shown(strategy)} is not a strategy. Use one of: {', '.join(STRATEGIES)}.")
         name, strategy = strategy, STRATEGIES[strategy]
     else:
         name = strategy_named({"quantize": strategy.quantize, "t5": strategy.t5, "offload": strategy.offload}) or "custom"
@@ -483,17 +483,11 @@ def offload_traffic_gb(model: str, strategy: str | Strategy = "model-offload") -
     """GB copied between CPU and GPU per image under model offload: each model goes to the GPU and back once."""
     chosen = _strategy_object(strategy, "strategy")
     if chosen.offload != "model":
-        raise ValueError(f"strategy={strategy!r} does not use model offload; use one whose offload is 'model'.")
+        raise ValueError(f"strategy={shown(strategy)} does not use model offload; use one whose offload is 'model'.")
     return _gb(2 * sum(weights(model, chosen).values()))
 
 
-def _function(value: object, name: str):
-    if not callable(value):
-        raise ValueError(f"{name} must be a function to run (called with no arguments), not {type(value).__name__}.")
-    return value
-
-
-@checked(function=_function)
+@checked(function=function)
 def measure_peak_gb(function):
     """Run `function()`; return its result and the peak GPU memory it allocated in GB (None without a GPU)."""
     import torch
@@ -584,24 +578,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--machine", help=f"one machine of the catalogue: {', '.join(MACHINES)}")
     parser.add_argument("--gpu-gb", type=float, help="check one GPU of this many GB instead of the catalogue")
     parser.add_argument("--host-gb", type=float, help="with --gpu-gb: the machine's memory (RAM) in GB")
-    parser.add_argument("--compute-capability", type=float, default=8.0,
+    parser.add_argument("--compute-capability", type=float,
                         help="with --gpu-gb: the GPU's compute capability (default 8.0; a T4 is 7.5, a V100 7.0)")
     parser.add_argument("--json", action="store_true", help="print the same as JSON data")
     args = parser.parse_args(argv)
     try:
         if args.machine is not None:
-            if args.gpu_gb is not None or args.host_gb is not None:
-                raise ValueError("--machine names a whole machine: leave out --gpu-gb and --host-gb.")
+            if args.gpu_gb is not None or args.host_gb is not None or args.compute_capability is not None:
+                raise ValueError("--machine names a whole machine: leave out --gpu-gb, --host-gb and "
+                                 "--compute-capability.")
             machine = get_machine(args.machine)
             machines = {machine.name: machine}
         elif args.gpu_gb is None:
-            if args.host_gb is not None:
-                raise ValueError("--host-gb describes one machine: give its --gpu-gb too.")
+            for flag, value in (("--host-gb", args.host_gb), ("--compute-capability", args.compute_capability)):
+                if value is not None:
+                    raise ValueError(f"{flag} describes one machine: give its --gpu-gb too.")
             machines = dict(MACHINES)
         else:
             for flag, value in (("--gpu-gb", args.gpu_gb), ("--host-gb", args.host_gb)):
                 if value is not None and not 0 < value < 10_000:
                     raise ValueError(f"{flag} {value:g}: give the memory in GB, a positive number such as 16.")
+            if args.compute_capability is None:
+                args.compute_capability = 8.0
             if not 3.0 <= args.compute_capability < 20:
                 raise ValueError(f"--compute-capability {args.compute_capability:g}: give it as NVIDIA lists it, "
                                  "e.g. 7.5 for a T4 or 8.6 for an A10G.")

@@ -6,35 +6,16 @@ Importing this module is cheap: it does not import torch.
 
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from helpers.checks import MAX_SIDE, SIZE_MULTIPLE, check_side, shown  # noqa: F401 - also part of this module
 
 MODEL_VARIABLE = "SD35_MODEL"
 """The environment variable that chooses the model every notebook runs."""
 
 AUTO = "auto"
-
-
-SIZE_MULTIPLE = 16
-"""Image sides must be multiples of 16: the VAE shrinks by 8 and the transformer groups 2x2 latent pixels."""
-
-
-MAX_SIDE = 6144
-"""The largest side any model of the series draws: SD3.5 Medium's position table (pos_embed_max_size 384 patches
-of 2 latent pixels, each 8 image pixels). Large's table stops at 3072; a loaded pipeline is checked against its own
-(`helpers.experiments.max_side`)."""
-
-
-def check_side(name: str, value: object) -> int:
-    """`value` if it is a positive multiple of 16 up to MAX_SIDE, else an error naming `name`, the value and the
-    rule. NumPy's integers are accepted (and returned as Python's)."""
-    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_"
-    if not whole or value <= 0 or value % SIZE_MULTIPLE or value > MAX_SIDE:
-        raise ValueError(f"{name}={value!r} must be a positive multiple of {SIZE_MULTIPLE} (VAE factor 8 x patch 2) "
-                         f"up to {MAX_SIDE}, e.g. 1024.")
-    return int(value)
 
 
 class UnknownModelError(ValueError):
@@ -203,7 +184,7 @@ def get_model(model: str | ModelSpec) -> ModelSpec:
     spec = MODELS.get(model.strip().lower()) if isinstance(model, str) else None
     if spec is None:
         raise UnknownModelError(
-            f"model={model!r} is not a model of this series. Use one of: {', '.join(MODELS)}."
+            f"model={shown(model)} is not a model of this series. Use one of: {', '.join(MODELS)}."
         )
     return spec
 
@@ -211,11 +192,11 @@ def get_model(model: str | ModelSpec) -> ModelSpec:
 def model_name(value: object, name: str = "model") -> str:
     """The registry name of a model given by name (any case) or as a ModelSpec: a rule for `helpers.checks`."""
     if not isinstance(value, (str, ModelSpec)):
-        raise UnknownModelError(f"{name}={value!r} must be a model name, one of: {', '.join(MODELS)}.")
+        raise UnknownModelError(f"{name}={shown(value)} must be a model name, one of: {', '.join(MODELS)}.")
     try:
         return get_model(value).name
     except UnknownModelError:
-        raise UnknownModelError(f"{name}={value!r} is not a model of this series. Use one of: "
+        raise UnknownModelError(f"{name}={shown(value)} is not a model of this series. Use one of: "
                                 f"{', '.join(MODELS)}.") from None
 
 
@@ -231,7 +212,7 @@ def full_size_model(value: object, name: str = "model") -> str:
     model = model_name(value, name)
     if get_model(model).transformer_config is None:
         full = [key for key, spec in MODELS.items() if spec.transformer_config]
-        raise UnknownModelError(f"{name}={value!r} has no full-size architecture; use one of: {', '.join(full)}.")
+        raise UnknownModelError(f"{name}={shown(value)} has no full-size architecture; use one of: {', '.join(full)}.")
     return model
 
 
@@ -242,7 +223,7 @@ def model_setting(environ: dict[str, str] | None = None) -> str:
     value = raw.strip().lower() or AUTO
     if value != AUTO and value not in MODELS:
         raise UnknownModelError(
-            f"{MODEL_VARIABLE}={raw!r} is not a model. Set it to one of: {AUTO}, {', '.join(MODELS)} "
+            f"{MODEL_VARIABLE}={shown(raw)} is not a model. Set it to one of: {AUTO}, {', '.join(MODELS)} "
             f"(for example `export {MODEL_VARIABLE}=medium`), or unset it for '{AUTO}'."
         )
     return value

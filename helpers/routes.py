@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from helpers.checks import checked, optional, side
+from helpers.checks import checked, optional, shown, side
 from helpers.machines import MACHINES, Machine, emulated_machine, get_machine, live_machine, machine_rule
 from helpers.models import ModelSpec, get_model, model_spec
 
@@ -187,14 +187,14 @@ def check_device(device: object) -> str:
     text = str(device) if isinstance(device, (str, torch.device)) else None
     kind, _, index = (text or "").partition(":")
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise ValueError(f"device={device!r} is not a device of this series: use 'cuda' (or 'cuda:1', ...) for a "
+        raise ValueError(f"device={shown(device)} is not a device of this series: use 'cuda' (or 'cuda:1', ...) for a "
                          "GPU, 'cpu', or leave it out to pick the GPU where there is one.")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}, but PyTorch sees no CUDA GPU on this machine (torch "
+        raise ValueError(f"device={shown(device)}, but PyTorch sees no CUDA GPU on this machine (torch "
                          f"{torch.__version__}). Leave device out to run on the CPU; setup() says why a GPU is not "
                          "seen where there is one.")
     if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-        raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0.")
+        raise ValueError(f"device={shown(device)}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0.")
     return text
 
 
@@ -208,7 +208,7 @@ def _dtype_name(dtype) -> str | None:
         return dtype
     if isinstance(dtype, torch.dtype) and dtype in names:
         return names[dtype]
-    raise ValueError(f"dtype={dtype!r} is not a dtype of this series. Use torch.bfloat16, torch.float16 or "
+    raise ValueError(f"dtype={shown(dtype)} is not a dtype of this series. Use torch.bfloat16, torch.float16 or "
                      "torch.float32 (or leave it out: the machine's own).")
 
 
@@ -218,7 +218,7 @@ def option(value: object, name: str) -> object:
     if not any(value is choice or (isinstance(value, str) and value == choice) for choice in choices):
         hint = ("quantize='nf4' (4-bit), None (16-bit) or 'auto' (16-bit where it fits)" if name == "quantize"
                 else f"one of: {', '.join(map(repr, choices))}")
-        raise ValueError(f"{name}={value!r} is not supported. Use {hint}.")
+        raise ValueError(f"{name}={shown(value)} is not supported. Use {hint}.")
     return value
 
 
@@ -240,8 +240,8 @@ def check_choices(offload, quantize, t5) -> None:
     option(t5, "t5")
     if (quantize == "nf4" or t5 in ("nf4", "int8")) and offload in ("sequential", "group"):
         raise ValueError(
-            f"offload={offload!r} does not work with bitsandbytes 4-bit or 8-bit layers (quantize={quantize!r}, "
-            f"t5={t5!r}): their weights cannot be moved layer by layer. Use offload='model' with quantization, "
+            f"offload={shown(offload)} does not work with bitsandbytes 4-bit or 8-bit layers (quantize={shown(quantize)}, "
+            f"t5={shown(t5)}): their weights cannot be moved layer by layer. Use offload='model' with quantization, "
             "or drop the quantization to use this offload."
         )
 
@@ -277,7 +277,7 @@ def plan_route(model: str | ModelSpec, *, machine: str | Machine | None = None, 
                 quantize, "t5": "keep" if t5 == "auto" else t5}
     if target is None:  # this CPU, nothing to plan
         if offload not in ("auto", None):
-            raise ValueError(f"offload={offload!r} needs a CUDA GPU; device={device!r}. Use offload=None on a CPU.")
+            raise ValueError(f"offload={shown(offload)} needs a CUDA GPU; device={shown(device)}. Use offload=None on a CPU.")
         return Route(**base, dtype=dtype or "float32", **as_asked)
     dtype = dtype or target.dtype
     attention = "fused" if target.fused_attention(dtype) else "bounded"
@@ -381,7 +381,7 @@ def apply_offload(pipe, offload: str, device: str) -> None:
 
         pipe.enable_group_offload(onload_device=torch.device(device), num_blocks_per_group=1, use_stream=True)
     else:
-        raise ValueError(f"offload={offload!r} is not an offload; use 'model', 'sequential' or 'group'.")
+        raise ValueError(f"offload={shown(offload)} is not an offload; use 'model', 'sequential' or 'group'.")
 
 
 def build_pipeline(route: Route, pipeline_class=None, *, weights: str = "pretrained"):
@@ -404,7 +404,7 @@ def build_pipeline(route: Route, pipeline_class=None, *, weights: str = "pretrai
 
         pipe = load_weights(pipeline_class, route)
     else:
-        raise ValueError(f"weights={weights!r}: use 'pretrained' or 'random'.")
+        raise ValueError(f"weights={shown(weights)}: use 'pretrained' or 'random'.")
     if route.quantize == "nf4" and not quantization.count_4bit_layers(pipe.transformer):
         quantization.quantize_linear_layers_nf4(pipe.transformer, compute_dtype=route.torch_dtype)
     if route.attention == "bounded":

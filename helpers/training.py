@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helpers import world
+from helpers.checks import check_path, output_folder, whole
 
 if TYPE_CHECKING:
     import torch
@@ -506,14 +507,18 @@ def train(out: str | Path, recipe: Recipe = Recipe(), *, work: str | Path | None
     """
     import torch
 
-    out = Path(out)
+    out = check_path(out, "--out")
     _check_out(out)  # before any work: an hour of training must not end in a refusal
-    work = Path(work) if work is not None else out.with_name(out.name + ".work")
-    work.mkdir(parents=True, exist_ok=True)
+    output_folder(out.parent, "--out")  # its folder can be written (the result is renamed into place there)
+    work = output_folder(work if work is not None else out.with_name(out.name + ".work"), "--work")
     checkpoint = work / CHECKPOINT
     recipe_file = work / "recipe.json"
     wanted = {"recipe": asdict(recipe), "code": code_version()}
-    if recipe_file.is_file() and json.loads(recipe_file.read_text()) != wanted:
+    try:
+        found = json.loads(recipe_file.read_text()) if recipe_file.is_file() else wanted
+    except (OSError, ValueError):
+        found = None  # damaged: not the recipe wanted
+    if found != wanted:
         raise ValueError(f"work={str(work)!r} holds checkpoints of another recipe or code version: delete that folder "
                          "to start again, or pass another --work folder.")
     recipe_file.write_text(json.dumps(wanted, indent=1))
@@ -582,6 +587,12 @@ def _curve(values: list[float], points: int = 40) -> list[tuple[int, float]]:
     return [(end, round(sum(values[end - every : end]) / every, 5)) for end in range(every, len(values) + 1, every)]
 
 
+RECIPE_BOUNDS = {"seed": whole(0, 2**32 - 1), "vae_steps": whole(1, 1_000_000), "steps": whole(1, 1_000_000),
+                 "batch": whole(1, 4096), "vae_batch": whole(1, 4096), "checkpoint_every": whole(1, 1_000_000)}
+"""What the command line accepts for each recipe value: far beyond the recipe's own, short of filling the memory
+(a batch of 64 pictures of 64 px takes about 1 GB here) or running for months."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.training", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -595,8 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     recipe_values = {name: getattr(arguments, name)
                      for name in ("seed", "vae_steps", "steps", "batch", "vae_batch", "checkpoint_every")}
     for name, value in recipe_values.items():
-        if value < (0 if name == "seed" else 1):
-            parser.error(f"--{name.replace('_', '-')}={value} must be {'0 or more' if name == 'seed' else 'at least 1'}.")
+        try:
+            RECIPE_BOUNDS[name](value, f"--{name.replace('_', '-')}")
+        except ValueError as error:
+            parser.error(str(error))
     try:
         out = train(arguments.out, Recipe(**recipe_values), work=arguments.work)
     except ValueError as error:

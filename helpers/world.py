@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from helpers.checks import checked
+from helpers.checks import checked, shown
 
 SIZE = 64
 """The side, in pixels, of the scenes the offline model was trained on."""
@@ -126,7 +126,7 @@ def _coverage(spec: Scene, size: int) -> np.ndarray:
         down = y - (cy - half)
         inside = (down >= 0) & (down <= 2 * half) & (np.abs(x - cx) <= down / 2)
     else:
-        raise ValueError(f"shape={spec.shape!r} is not a shape of the toy world. Use one of: {', '.join(SHAPES)}.")
+        raise ValueError(f"shape={shown(spec.shape)} is not a shape of the toy world. Use one of: {', '.join(SHAPES)}.")
     return inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
 
 
@@ -134,7 +134,7 @@ def draw(spec: Scene, size: int = SIZE) -> Image.Image:
     """Draw `spec` as an RGB picture, edges anti-aliased."""
     for name in (spec.colour, spec.background):
         if name not in COLOURS:
-            raise ValueError(f"colour {name!r} is not a colour of the toy world. Use one of: {', '.join(COLOURS)}.")
+            raise ValueError(f"colour {shown(name)} is not a colour of the toy world. Use one of: {', '.join(COLOURS)}.")
     cover = _coverage(spec, size)[..., None]
     pixels = (1 - cover) * np.array(COLOURS[spec.background]) + cover * np.array(COLOURS[spec.colour])
     return Image.fromarray(np.rint(pixels).astype(np.uint8), "RGB")

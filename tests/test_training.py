@@ -132,4 +132,4 @@ def test_a_work_folder_of_another_recipe_is_refused(short_run, tmp_path):
 def test_the_command_line_refuses_bad_numbers(capsys):
     with pytest.raises(SystemExit):
         training.main(["train", "--out", "x", "--steps", "0"])
-    assert "--steps=0 must be at least 1" in capsys.readouterr().err
+    assert "--steps=0 must be a whole number from 1 to 1,000,000" in capsys.readouterr().err

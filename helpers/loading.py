@@ -8,6 +8,7 @@ safetensors only, in the dtype of the route helpers.routes plans for the machine
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,12 +101,13 @@ def load_pipeline(
     # Looked up first by what was asked: once a model is loaded the GPU's free memory is smaller, and planning again
     # would find that the model no longer fits beside itself. Then by the route, so that options spelled another way
     # ('auto' or the value it resolves to) share one pipeline.
-    request = (spec, machine or emulated_machine(), device, dtype, offload, quantize, t5)
+    origin = os.environ.get(TOY_DIR_VARIABLE, "").strip() if spec.is_toy or spec.plays else ""  # which toy folder
+    request = (spec, machine or emulated_machine(), device, dtype, offload, quantize, t5, origin)
     route = _requested.get(request)
-    if route is None or not _loaded.get(route.key):
+    if route is None or not _loaded.get((route.key, origin)):
         route = plan_route(spec, machine=machine, device=device, dtype=dtype, offload=offload, quantize=quantize,
                            t5=t5)
-    alive = _loaded.setdefault(route.key, weakref.WeakSet())
+    alive = _loaded.setdefault((route.key, origin), weakref.WeakSet())
     for pipe in list(alive):
         if type(pipe) is pipeline_class:
             _requested[request] = route
@@ -164,17 +166,27 @@ def load_weights(pipeline_class, route: Route):
 
 TOY_MODEL_DIR = Path(__file__).resolve().parent / "toy_model"
 """The trained offline model, shipped inside the helpers package (notebook 09 shows how it was trained)."""
+TOY_DIR_VARIABLE = "SD35_TOY_DIR"
+"""Set to a folder saved by `python -m helpers.training train --out FOLDER` to run that toy model instead."""
 
 
 def toy_model_dir() -> Path:
-    """The folder of the shipped toy model; a clear error if this installation of the helpers lacks it."""
-    if not (TOY_MODEL_DIR / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"The offline toy model is missing from {TOY_MODEL_DIR}: this installation of the helpers is incomplete. "
-            "Reinstall them (`pip install --force-reinstall git+https://github.com/sd35-notebooks/sd35-notebooks`), "
-            "or retrain it with `python -m helpers.training train --out MY_FOLDER` (see notebook 09)."
-        )
-    return TOY_MODEL_DIR
+    """The folder of the toy model ($SD35_TOY_DIR, else the shipped one), checked file by file against the list
+    saved with it: a clear error naming the file and the fix if it is incomplete or damaged."""
+    from helpers.manifest import check_model_folder
+
+    configured = os.environ.get(TOY_DIR_VARIABLE, "").strip()
+    if configured:
+        folder = Path(configured).expanduser()
+        fix = (f"Train it again with `python -m helpers.training train --out {folder}-new` and point "
+               f"{TOY_DIR_VARIABLE} there, or unset {TOY_DIR_VARIABLE} to use the toy model shipped with the helpers.")
+    else:
+        folder = TOY_MODEL_DIR
+        fix = ("This installation of the helpers is incomplete or damaged: reinstall them (`pip install "
+               "--force-reinstall git+https://github.com/sd35-notebooks/sd35-notebooks`), or retrain the toy with "
+               f"`python -m helpers.training train --out MY_FOLDER` (notebook 09) and set {TOY_DIR_VARIABLE}=MY_FOLDER.")
+    check_model_folder(folder, fix)
+    return folder
 
 
 def _revealed(token):

@@ -14,6 +14,7 @@ import os
 import shutil
 import string
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import pairwise
@@ -172,16 +173,30 @@ def build_tiny_pipeline():
 def tiny_pipeline_dir() -> Path:
     """The folder holding the saved stand-in, building it on first use (about a second, no network).
 
-    The folder appears complete or not at all: it is written under a temporary name and renamed into place.
+    The folder appears complete or not at all: it is written under a temporary name and renamed into place. One
+    that is damaged (its files differ from the list saved with them) is moved aside, said so, and built again.
     """
+    from helpers.manifest import DamagedModelError, check_model_folder, write_manifest
+
     folder = cache_dir() / f"tiny-sd35-{_fingerprint()}"
     if (folder / "model_index.json").is_file():
-        return folder
+        try:
+            check_model_folder(folder, "")
+            return folder
+        except DamagedModelError as error:
+            aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            folder.rename(aside)  # kept, not deleted: the reader may want to see what happened to it
+            print(f"The stand-in's cache was damaged ({str(error).rstrip('. ')}); it was moved to {aside} and is built "
+                  "again.")
+    elif folder.exists():
+        raise DamagedModelError(f"{folder} exists but holds no saved stand-in: it is left as it is. Move it away, or "
+                                f"set {CACHE_VARIABLE} to another folder.")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
     try:
         with quiet_transformers_progress():
             build_tiny_pipeline().save_pretrained(staging, safe_serialization=True)
+        write_manifest(staging)
         try:
             staging.rename(folder)
         except OSError:

@@ -565,6 +565,9 @@ def train(out: str | Path, recipe: Recipe = Recipe(), *, work: str | Path | None
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
     }
     (staging / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+    from helpers.manifest import write_manifest
+
+    write_manifest(staging)  # checked whenever the helpers load this folder
     if out.exists():  # an earlier run's model (checked again: the folder may have changed during training)
         import shutil
 

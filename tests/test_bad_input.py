@@ -417,3 +417,117 @@ def test_a_finished_sweep_reads_from_a_folder_it_cannot_clean(tmp_path, monkeypa
     monkeypatch.setattr(pathlib.Path, "unlink", read_only)
     again = run_sweep(pipe, "tiny", fixed, {"seed": [0, 1]}, folder=tmp_path, progress=False)
     assert (again.generated, again.reused) == (0, 2)
+
+
+# --- Damaged model files: a full disk, a hand edit, a part deleted. One message naming the file, before diffusers --
+
+def _toy_copy(tmp_path):
+    import shutil
+
+    from helpers.loading import TOY_MODEL_DIR
+
+    copy = tmp_path / "toy"
+    shutil.copytree(TOY_MODEL_DIR, copy)
+    return copy
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _edit_config(path):
+    path.write_text(path.read_text().replace('"num_layers": 6', '"num_layers": 7'))  # same size, other model
+
+
+@pytest.mark.parametrize(("damage", "file", "says"), [
+    (_cut, "transformer/diffusion_pytorch_model.safetensors", "cut short"),
+    (lambda path: path.unlink(), "vae/diffusion_pytorch_model.safetensors", "missing"),
+    (_edit_config, "transformer/config.json", "changed since it was saved"),
+    (_cut, "tokenizer_3/tokenizer.json", "cut short"),
+    (lambda path: path.write_text("{not json"), "model_index.json", "does not read as JSON"),
+    (lambda path: path.write_text('{"x": {"bytes": 1}}'), "files.json", "does not read"),
+])
+def test_a_damaged_toy_folder_is_named_before_diffusers_reads_it(tmp_path, monkeypatch, damage, file, says):
+    from helpers.manifest import DamagedModelError
+
+    folder = _toy_copy(tmp_path)
+    damage(folder / file)
+    monkeypatch.setenv("SD35_TOY_DIR", str(folder))
+    with pytest.raises(DamagedModelError) as raised:
+        load_pipeline("toy")
+    message = str(raised.value)
+    assert str(folder / file) in message and says in message and "Train it again" in message
+    assert Path(raised.traceback[-1].path).parent.name == "helpers"
+
+
+def test_a_part_missing_from_a_folder_without_a_file_list_is_named(tmp_path, monkeypatch):
+    import shutil
+
+    from helpers.manifest import DamagedModelError
+
+    folder = _toy_copy(tmp_path)
+    (folder / "files.json").unlink()
+    shutil.rmtree(folder / "text_encoder_2")
+    monkeypatch.setenv("SD35_TOY_DIR", str(folder))
+    with pytest.raises(DamagedModelError, match="text_encoder_2: this part of the pipeline is missing"):
+        load_pipeline("toy")
+
+
+def test_a_retrained_toy_folder_loads_where_the_message_points(tmp_path, monkeypatch):
+    """The fix a message suggests works: SD35_TOY_DIR loads another toy folder, and it is not the shipped one."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from helpers.manifest import write_manifest
+
+    folder = _toy_copy(tmp_path)
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = torch.zeros_like(tensors[name])
+    save_file(tensors, weights)
+    write_manifest(folder)  # as a retraining writes it
+    monkeypatch.setenv("SD35_TOY_DIR", str(folder))
+    mine = load_pipeline("toy")
+    monkeypatch.delenv("SD35_TOY_DIR")
+    shipped = load_pipeline("toy")
+    assert mine is not shipped
+    assert not torch.equal(dict(mine.vae.named_parameters())[name], dict(shipped.vae.named_parameters())[name])
+
+
+def test_the_shipped_toy_model_matches_its_file_list():
+    from helpers.loading import TOY_MODEL_DIR
+    from helpers.manifest import MANIFEST, check_model_folder
+
+    check_model_folder(TOY_MODEL_DIR, "")
+    listed = set(__import__("json").loads((TOY_MODEL_DIR / MANIFEST).read_text()))
+    on_disk = {path.relative_to(TOY_MODEL_DIR).as_posix() for path in TOY_MODEL_DIR.rglob("*")
+               if path.is_file() and path.name != MANIFEST and "__pycache__" not in path.parts}
+    assert listed == on_disk
+
+
+def test_a_damaged_stand_in_cache_is_moved_aside_and_built_again(tmp_path, monkeypatch, capsys):
+    from helpers import tiny
+
+    monkeypatch.setenv("SD35_CACHE_DIR", str(tmp_path))
+    folder = tiny.tiny_pipeline_dir()
+    _cut(folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert tiny.tiny_pipeline_dir() == folder
+    aside = [path for path in tmp_path.iterdir() if ".damaged-" in path.name]
+    assert len(aside) == 1 and "moved to" in capsys.readouterr().out
+    from helpers.manifest import check_model_folder
+
+    check_model_folder(folder, "")  # whole again
+
+
+def test_a_stand_in_cache_name_taken_by_something_else_is_left_alone(tmp_path, monkeypatch):
+    from helpers import tiny
+    from helpers.manifest import DamagedModelError
+
+    monkeypatch.setenv("SD35_CACHE_DIR", str(tmp_path))
+    taken = tmp_path / f"tiny-sd35-{tiny._fingerprint()}"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("a reader's file")
+    with pytest.raises(DamagedModelError, match="holds no saved stand-in: it is left as it is"):
+        tiny.tiny_pipeline_dir()
+    assert (taken / "mine.txt").read_text() == "a reader's file"

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.checks import shown
+from helpers.checks import checked, flag, instance, optional, output_folder, shown, whole
 from helpers.experiments import sweep_combinations
+from helpers.models import model_name
 
 PLANS, CLAIMS, JOURNALS = ".plans", ".claims", ".journal"
 """Subfolders of a sweep's folder: the plans launched on it, the images being made now, what each process did."""
@@ -70,6 +71,8 @@ class Plan:
         return self.folder / PLANS / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
 
 
+@checked(model=model_name, fixed=instance(dict, "a dict of settings"),
+         vary=instance(dict, "a dict of settings and their lists of values"), folder=output_folder)
 def make_plan(model: str, fixed: dict[str, Any], vary: dict[str, Sequence], folder: str | Path) -> Plan:
     """A checked plan, saved in `folder`. Every setting is checked now (as `run_sweep` checks them), and must be
     plain data (text, numbers, lists) to travel to other processes: text-to-image sweeps."""
@@ -232,6 +235,10 @@ def work(plan_path: str | Path, launch: str) -> None:
     pipe = load_pipeline(plan.model, device=device)
     fingerprint = pipeline_fingerprint(pipe)
     journal.write("loaded", device=device, seconds=time.time() - started, processes=state.num_processes)
+    if state.is_main_process:  # the whole plan by file name: what the launch is counted against when it ends
+        journal.write("plan", pictures=[{"file": key_name(image_key(pipe, plan.model, settings, fingerprint)),
+                                         **{name: settings[name] for name in plan.vary}}
+                                        for settings in plan.settings()])
     with state.split_between_processes(plan.settings()) as mine:
         held_elsewhere = []
         for settings in mine:
@@ -329,6 +336,18 @@ class LaunchResult:
     seconds: float
     """Wall time of the whole launch: starting the processes, loading the model, making the images."""
     events: list[dict[str, Any]] = field(repr=False)
+    planned: int = 0
+    """Pictures in the plan: a launch is complete when every one is in the folder."""
+
+    def missing(self) -> list[dict[str, Any]]:
+        """The plan's pictures that no process of this launch made or found, each with its varied settings and
+        file name (with only a count to go on, when the launch stopped before its plan was written out: then
+        one entry per picture, {'file': None})."""
+        done = {entry["file"] for entry in self.events if entry["event"] in ("made", "found")}
+        plan = next((entry["pictures"] for entry in self.events if entry["event"] == "plan"), None)
+        if plan is None:
+            return [{"file": None}] * max(0, self.planned - len(done))
+        return [picture for picture in plan if picture["file"] not in done]
 
     def files(self, event: str = "made") -> list[str]:
         """The images this launch made (or found made, or left to another process), by file name."""
@@ -354,6 +373,7 @@ class LaunchResult:
         return {
             "processes": self.num_processes,
             "images made": self.made,
+            "missing": len(self.missing()),
             "per process": ", ".join(str(per_process.get(rank, 0)) for rank in range(self.num_processes)),
             "whole launch": f"{self.seconds:.1f} s",
             "images/s, whole launch": f"{self.made / self.seconds:.2f}" if self.made else "-",
@@ -422,7 +442,14 @@ class RunningSweep:
                 raise
             bar.update(sum(entry["event"] in ("made", "found") for entry in self.events()) - bar.n)
         result = LaunchResult(self.launch, self.num_processes, self.process.returncode,
-                              time.perf_counter() - self.started, self.events())
+                              time.perf_counter() - self.started, self.events(), planned=total)
+        missing = result.missing()
+        if missing:
+            named = [", ".join(f"{key}={value!r}" for key, value in picture.items() if key != "file")
+                     for picture in missing if picture["file"] is not None]
+            print(f"{len(missing)} of the plan's {total} pictures are missing"
+                  + (f": {'; '.join(named[:10])}{' ...' if len(named) > 10 else ''}" if named else "")
+                  + ". Launch again: finished pictures are kept, and only the missing ones are made.")
         if result.returncode != 0:
             lines = self.log.read_text(errors="replace").splitlines()
             errors = [line for line in lines if ERROR_LINE.match(line) and not line.startswith(LAUNCHER_ERRORS)]
@@ -433,6 +460,7 @@ class RunningSweep:
         return result
 
 
+@checked(plan=instance(Plan, "a plan from make_plan()"), threads_per_process=optional(whole(1, 256)), progress=flag)
 def launch(plan: Plan, num_processes: int, *, threads_per_process: int | None = None,
            progress: bool = True) -> LaunchResult:
     """Run `plan` with `num_processes` processes (one per GPU; without a GPU, CPU processes) and wait for it."""

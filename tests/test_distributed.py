@@ -45,8 +45,11 @@ def test_a_killed_process_loses_nothing_and_a_relaunch_makes_every_image_exactly
     crashed = running.wait(progress=False)
     assert crashed.returncode != 0 and 2 <= crashed.made < 12
     assert len(list(plan.folder.glob("*.png"))) == crashed.made  # what was finished stays, complete
+    missing = crashed.missing()  # counted against the plan, each named by its settings
+    assert len(missing) == 12 - crashed.made and all(picture["file"] and "seed" in picture for picture in missing)
+    assert not {picture["file"] for picture in missing} & set(pictures(plan.folder))
     relaunched = launch(plan, 2, progress=False)
-    assert relaunched.returncode == 0
+    assert relaunched.returncode == 0 and relaunched.missing() == []
 
     made = collections.Counter(crashed.files() + relaunched.files())
     assert set(made.values()) == {1}, "no image was made twice"
@@ -168,8 +171,9 @@ def test_a_process_that_fails_names_its_error_above_the_launchers_summary(tmp_pa
     running = RunningSweep(plan, 2)
     plan.path.unlink()  # the processes look for it after their imports, seconds from now
     result = running.wait(progress=False)
-    assert result.returncode != 0 and result.made == 0
+    assert result.returncode != 0 and result.made == 0 and len(result.missing()) == 12
     out = capsys.readouterr().out
+    assert "12 of the plan's 12 pictures are missing. Launch again" in out
     stopped = out.split("A process stopped with:\n", 1)[1].splitlines()[0]
     assert "does not exist" in stopped and plan.path.name in stopped
 

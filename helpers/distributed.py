@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.checks import checked, flag, instance, optional, output_folder, shown, whole
+from helpers.checks import check_path, checked, flag, instance, listed, optional, output_folder, shown, text, whole
 from helpers.experiments import sweep_combinations
-from helpers.models import model_name
+from helpers.machines import machine_rule
+from helpers.models import full_size_model, model_name
 
 PLANS, CLAIMS, JOURNALS = ".plans", ".claims", ".journal"
 """Subfolders of a sweep's folder: the plans launched on it, the images being made now, what each process did."""
@@ -79,6 +80,7 @@ def make_plan(model: str, fixed: dict[str, Any], vary: dict[str, Sequence], fold
     from helpers.models import get_model
 
     spec = get_model(model)
+    sweep_combinations(fixed, vary)  # vary's lists, before they are copied into the plan
     plan = Plan(spec.name, dict(fixed), {name: list(values) for name, values in vary.items()}, Path(folder))
     settings = plan.settings()  # raises on anything run_sweep would refuse
     try:
@@ -94,8 +96,14 @@ def make_plan(model: str, fixed: dict[str, Any], vary: dict[str, Sequence], fold
 def read_plan(path: str | Path) -> Plan:
     """The plan saved at `path` (its folder is the sweep's folder)."""
     path = Path(path)
-    record = json.loads(path.read_text())
-    return Plan(record["model"], record["fixed"], record["vary"], path.parent.parent)
+    try:
+        record = json.loads(path.read_text())
+        return Plan(str(record["model"]), dict(record["fixed"]), dict(record["vary"]), path.parent.parent)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path} is not a plan written by make_plan() ({type(error).__name__}): write it again with "
+                         "helpers.distributed.make_plan().") from None
 
 
 # --- Claims -----------------------------------------------------------------------------------------------------
@@ -217,6 +225,7 @@ class Journal:
                                    **details}) + "\n")
 
 
+@checked(plan_path=check_path, launch=text)
 def work(plan_path: str | Path, launch: str) -> None:
     """Run by each process of `accelerate launch`: load the model on this process's device, then make this
     process's share of the plan's images that are neither in the folder nor claimed by a running process
@@ -313,6 +322,7 @@ def launch_command(plan: Plan, num_processes: int, launch: str, threads_per_proc
     return command + ["-m", "helpers.distributed", "work", str(plan.path), "--launch", launch]
 
 
+@checked(command=listed(text))
 def shown_command(command: list[str]) -> str:
     """The command as a reader would type it in a terminal."""
     start = command.index("accelerate.commands.launch") + 1
@@ -385,6 +395,7 @@ class LaunchResult:
 class RunningSweep:
     """A launch in progress: `wait()` shows a progress bar until it ends and returns its LaunchResult."""
 
+    @checked(plan=instance(Plan, "a plan from make_plan()"), threads_per_process=optional(whole(1, 256)))
     def __init__(self, plan: Plan, num_processes: int, threads_per_process: int | None = None):
         from helpers.loading import check_can_load
 
@@ -467,6 +478,7 @@ def launch(plan: Plan, num_processes: int, *, threads_per_process: int | None = 
     return RunningSweep(plan, num_processes, threads_per_process).wait(progress)
 
 
+@checked(plan=instance(Plan, "a plan from make_plan()"))
 def folder_report(plan: Plan) -> dict[str, int]:
     """What the sweep's folder holds for `plan`: images finished, claims open now, journals written."""
     return {
@@ -479,6 +491,7 @@ def folder_report(plan: Plan) -> dict[str, int]:
 # --- Memory on a multi-GPU machine ----------------------------------------------------------------------------------
 
 
+@checked(models=listed(full_size_model, 1, 10), machine=machine_rule)
 def per_gpu_rows(models: Sequence[str], machine: str = "sagemaker-g5-12xlarge") -> list[dict[str, Any]]:
     """For a catalogue machine (helpers.machines) running one process per GPU: the route `load_pipeline` takes in
     each process (each gets 1/N of the RAM), its estimated peak GPU memory, and the RAM all processes hold

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from helpers.checks import check_max_sequence_length, check_prompt
+from helpers.checks import check_max_sequence_length, check_prompt, checked, instance, listed, optional, pipeline, text
 
 ENCODERS = (
     ("CLIP-L", "tokenizer", "text_encoder", "text_encoder-clip-l"),
@@ -24,6 +24,7 @@ ENCODERS = (
 """(name, tokenizer attribute, encoder attribute, SD3.5 config file) for each of the three encoders."""
 
 
+@checked(pipe=optional(pipeline))
 def default_max_sequence_length(pipe=None) -> int:
     """diffusers' default number of T5 tokens, read from the installed pipeline's signature."""
     from diffusers import StableDiffusion3Pipeline
@@ -39,6 +40,7 @@ def _widths(config: dict[str, Any]) -> tuple[int, int | None]:
     return config["hidden_size"], config["projection_dim"]
 
 
+@checked(pipe=optional(pipeline), max_sequence_length=optional(check_max_sequence_length))
 def encoder_rows(pipe=None, max_sequence_length: int | None = None) -> list[dict[str, Any]]:
     """One row per encoder: tokens read, features per token, pooled width, parameters.
 
@@ -48,7 +50,6 @@ def encoder_rows(pipe=None, max_sequence_length: int | None = None) -> list[dict
     from helpers.architecture import component_sizes, reference_config
 
     max_sequence_length = max_sequence_length or default_max_sequence_length(pipe)
-    check_max_sequence_length(max_sequence_length)
     sizes = {} if pipe is not None else {size.component: size for size in component_sizes("medium")}
     rows = []
     for name, tokenizer_name, encoder_name, config_file in ENCODERS:
@@ -80,6 +81,15 @@ def encoder_rows(pipe=None, max_sequence_length: int | None = None) -> list[dict
     return rows
 
 
+def _encoder_rows_given(value: Any, name: str) -> list[dict[str, Any]]:
+    rows = listed(instance(dict, "a row of encoder_rows()"), 3, 3)(value, name)
+    needed = {"tokens read", "features per token", "pooled vector"}
+    if not all(needed <= set(row) for row in rows):
+        raise ValueError(f"{name} must be the three rows encoder_rows() returns (CLIP-L, CLIP-G, T5).")
+    return rows
+
+
+@checked(rows=_encoder_rows_given)
 def prompt_shapes(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
     """The shapes `encode_prompt` returns for one prompt, worked out from `encoder_rows`: the two CLIPs' token
     features side by side, zero-padded to T5's width, then CLIP's tokens stacked above T5's; the two CLIPs' pooled
@@ -93,14 +103,13 @@ def prompt_shapes(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
     }
 
 
+@checked(pipe=pipeline, prompt=check_prompt, max_sequence_length=optional(check_max_sequence_length))
 def token_rows(pipe, prompt: str, max_sequence_length: int | None = None) -> list[dict[str, Any]]:
     """For each encoder of `pipe`: how many tokens `prompt` makes, which the encoder reads, which it drops.
 
     Tokens are shown as the tokenizer splits them; CLIP counts its start and end markers, T5 its end marker.
     """
-    check_prompt(prompt)
     max_sequence_length = max_sequence_length or default_max_sequence_length(pipe)
-    check_max_sequence_length(max_sequence_length)
     rows = []
     for name, tokenizer_name, encoder_name, _ in ENCODERS:
         tokenizer = getattr(pipe, tokenizer_name, None)
@@ -120,15 +129,21 @@ def token_rows(pipe, prompt: str, max_sequence_length: int | None = None) -> lis
     return rows
 
 
+def _negative(value: Any, name: str) -> str | list[str]:
+    return check_prompt(value, name) if isinstance(value, str) else listed(check_prompt)(value, name)
+
+
+@checked(pipe=pipeline, prompts=listed(check_prompt), max_sequence_length=optional(check_max_sequence_length),
+         negative_prompt=_negative)
 def embeddings_without_t5(pipe, prompts: list[str], *, max_sequence_length: int | None = None,
                           negative_prompt: str | list[str] = "") -> dict[str, Any]:
     """The four embedding arguments of a pipeline call for `prompts` (and the negative prompt), with T5's rows set to
     zeros: exactly what the pipeline computes when it is loaded without T5 (`t5='drop'`), from the pipeline already
     loaded, so nothing is loaded twice. Pass them instead of the prompts: `pipe(**embeddings, ...)`."""
     max_sequence_length = max_sequence_length or default_max_sequence_length(pipe)
-    check_max_sequence_length(max_sequence_length)
-    for prompt in prompts:
-        check_prompt(prompt)
+    if isinstance(negative_prompt, list) and len(negative_prompt) != len(prompts):
+        raise ValueError(f"negative_prompt has {len(negative_prompt)} texts for {len(prompts)} prompts: give one "
+                         "text, or one per prompt.")
     text, negative_text, pooled, negative_pooled = pipe.encode_prompt(
         prompts, None, None, negative_prompt=negative_prompt, max_sequence_length=max_sequence_length)
     clip_tokens = text.shape[1] - max_sequence_length
@@ -159,6 +174,16 @@ def _words(tokenizer, ids: list[int]) -> str:
     return "|".join(tokenizer.decode([token]).strip() or "_" for token in ids if token not in special)
 
 
+def _embedding(value: Any, name: str):
+    import torch
+
+    if not isinstance(value, torch.Tensor) or value.ndim != 3 or 0 in value.shape:
+        raise ValueError(f"{name} must be the prompt_embeds of pipe.encode_prompt(): a tensor of prompts x tokens x "
+                         "features.")
+    return value
+
+
+@checked(prompt_embeds=_embedding, rows=_encoder_rows_given, title=optional(text))
 def plot_prompt_embeddings(prompt_embeds, rows: list[dict[str, Any]], title: str | None = None):
     """One prompt's embedding as the transformer receives it: a row per token, a column per feature, coloured by
     magnitude, grey where the value is exactly zero (padding). `rows`: the pipeline's `encoder_rows`, which say

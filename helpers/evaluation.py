@@ -26,7 +26,21 @@ import numpy as np
 from PIL import Image
 
 from helpers import world
-from helpers.checks import check_prompt, check_seed, checked, flag, instance, listed, pipeline, whole
+from helpers.checks import (
+    MAX_SIDE,
+    check_guidance_scale,
+    check_prompt,
+    check_seed,
+    check_strength,
+    checked,
+    flag,
+    instance,
+    listed,
+    optional,
+    pipeline,
+    whole,
+)
+from helpers.checks import picture as a_picture
 from helpers.experiments import (
     PER_PICTURE,
     TimeTeller,
@@ -37,6 +51,7 @@ from helpers.experiments import (
 )
 from helpers.inputs import rectangle_mask
 
+SCENE = instance(world.Scene, "a helpers.world.Scene")
 MAX_BATCH = 256
 """Pictures in one call of the pipeline: more than the toy needs, and far more than an SD3.5 GPU holds."""
 
@@ -94,6 +109,7 @@ def share(flags: Sequence[bool]) -> float:
     return sum(map(bool, flags)) / len(flags)
 
 
+@checked(count=whole(1, 10_000), start=whole(0))
 def evaluation_scenes(count: int, start: int = 0) -> list[world.Scene]:
     """`count` scenes the model was not trained on (seeds `start` ... `start + count - 1`)."""
     from helpers.training import POOL_SEEDS_START
@@ -115,13 +131,14 @@ class Adherence:
     readings: list[world.Reading] = field(repr=False, default_factory=list)
 
 
-@checked(pipe=pipeline, scenes=listed(instance(world.Scene, "a helpers.world.Scene")), settings=batch_settings)
+@checked(pipe=pipeline, scenes=listed(SCENE), settings=batch_settings)
 def adherence(pipe, scenes: Sequence[world.Scene], **settings: Any) -> Adherence:
     """Generate each scene's full caption (seeded by its position) and judge what the pictures show."""
     prompts = [item.caption for item in scenes]
     return judged(generate_batch(pipe, prompts, range(len(scenes)), **settings), scenes)
 
 
+@checked(pictures=listed(a_picture), scenes=listed(SCENE))
 def judged(pictures: Sequence[Image.Image], scenes: Sequence[world.Scene]) -> Adherence:
     """How often `pictures[i]` shows what `scenes[i]` describes: colour, shape, background."""
     if len(pictures) != len(scenes):
@@ -144,6 +161,7 @@ class NegativeEffect:
     count: int
 
 
+@checked(pipe=pipeline, count=whole(1, 10_000), settings=batch_settings)
 def negative_colour_effect(pipe, count: int, **settings: Any) -> NegativeEffect:
     """Prompts name a shape and a background but no colour ("a circle on a blue background"); the negative prompt
     names one colour ("a red shape"), a different one for each picture, cycling through the colours (never the
@@ -190,6 +208,7 @@ class StrengthPoint:
     """Mean pixel difference from the input (0 to 255)."""
 
 
+@checked(pipe=pipeline, count=whole(1, 10_000), strengths=listed(check_strength), settings=batch_settings)
 def image_to_image_curve(pipe, count: int, strengths: Sequence[float], **settings: Any) -> list[StrengthPoint]:
     """Inputs are drawn scenes; each prompt asks for a different shape, colour and background. At each strength,
     how often the input's shape and colour survive, and how often the prompt's take over (same seeds throughout).
@@ -211,6 +230,15 @@ def image_to_image_curve(pipe, count: int, strengths: Sequence[float], **setting
     return points
 
 
+def _rgb(value: Any, name: str) -> Image.Image:
+    image = a_picture(value, name)
+    if image.mode != "RGB" or max(image.size) > MAX_SIDE:
+        raise ValueError(f"{name} is a {image.width}x{image.height} {image.mode} image; the VAE takes RGB pictures up "
+                         f"to {MAX_SIDE} px. Pass it through helpers.prepare_image() first.")
+    return image
+
+
+@checked(pipe=pipeline, image=_rgb)
 def vae_round_trip(pipe, image: Image.Image) -> Image.Image:
     """`image` encoded by the pipeline's VAE and decoded again: what the VAE alone does to a picture."""
     import torch
@@ -243,6 +271,7 @@ class InpaintingResult:
     count: int
 
 
+@checked(pipe=pipeline, count=whole(1, 10_000), settings=batch_settings)
 def inpainting_check(pipe, count: int, **settings: Any) -> InpaintingResult:
     """Inputs are drawn scenes; the mask covers the shape (grown to whole latent cells); each prompt asks for the
     same shape in another colour on the same background. `pipe` must be an inpainting pipeline."""
@@ -270,6 +299,7 @@ def inpainting_check(pipe, count: int, **settings: Any) -> InpaintingResult:
 # --- The full evaluation, as recorded in benchmarks/RESULTS.md ----------------------------------------------------
 
 
+@checked(count=whole(1, 10_000), guidance=optional(listed(check_guidance_scale)))
 def evaluate(count: int = 64, *, guidance: Sequence[float] | None = None) -> str:
     """Every measurement of the toy model at its recommended settings, `count` pictures a point, as Markdown."""
     import torch

@@ -297,7 +297,9 @@ def _box(size: tuple[int, int], box: tuple[float, float, float, float]) -> tuple
     """A checked box of fractions in pixels."""
     left, top, right, bottom = box
     width, height = size
-    return round(left * width), round(top * height), round(right * width) - 1, round(bottom * height) - 1
+    x0, y0 = min(round(left * width), width - 1), min(round(top * height), height - 1)
+    x1, y1 = max(x0 + 1, round(right * width)), max(y0 + 1, round(bottom * height))  # at least one pixel
+    return x0, y0, x1 - 1, y1 - 1
 
 
 @checked(size=picture_size, box=fractions_box)

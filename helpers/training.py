@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helpers import world
-from helpers.checks import check_path, output_folder, whole
+from helpers.checks import check_path, checked, flag, instance, number, one_of, optional, output_folder, whole
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +75,14 @@ TOY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+SHARES = ("caption_dropout", "t5_dropout", "attribute_dropout", "ema_decay")
+"""Recipe values that are shares (from 0 to 1)."""
+RECIPE_BOUNDS = {"seed": whole(0, 2**32 - 1), "vae_steps": whole(1, 1_000_000), "steps": whole(1, 1_000_000),
+                 "batch": whole(1, 4096), "vae_batch": whole(1, 4096), "checkpoint_every": whole(1, 1_000_000)}
+"""What the command line accepts for each recipe value: far beyond the recipe's own, short of filling the memory
+(a batch of 64 pictures of 64 px takes about 1 GB here) or running for months."""
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything that decides the trained weights. The defaults are the shipped model's recipe."""
@@ -101,6 +109,19 @@ class Recipe:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     checkpoint_every: int = 250
+
+    def __post_init__(self) -> None:
+        """Every value checked when a recipe is made: whole numbers in their bounds, rates and shares finite."""
+        from dataclasses import fields
+
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.type == "int":
+                RECIPE_BOUNDS.get(item.name, whole(0, 10_000_000))(value, item.name)
+            elif item.name in SHARES:
+                number(0, 1)(value, item.name)
+            else:
+                number(-10, 10)(value, item.name)
 
 
 @dataclass
@@ -498,6 +519,8 @@ def _apply_ema(pipe, ema: dict) -> None:
 # --- The whole run ---------------------------------------------------------------------------------------------
 
 
+@checked(out=check_path, recipe=instance(Recipe, "a helpers.training.Recipe"), work=optional(check_path),
+         show_progress=flag, save_dtype=one_of("float16", "bfloat16", "float32"))
 def train(out: str | Path, recipe: Recipe = Recipe(), *, work: str | Path | None = None,
           show_progress: bool = True, save_dtype: str = "float16") -> Path:
     """Train the toy pipeline by `recipe` and save it to `out` (the EMA weights, in `save_dtype`), with
@@ -588,12 +611,6 @@ def _curve(values: list[float], points: int = 40) -> list[tuple[int, float]]:
         return []
     every = max(1, len(values) // points)
     return [(end, round(sum(values[end - every : end]) / every, 5)) for end in range(every, len(values) + 1, every)]
-
-
-RECIPE_BOUNDS = {"seed": whole(0, 2**32 - 1), "vae_steps": whole(1, 1_000_000), "steps": whole(1, 1_000_000),
-                 "batch": whole(1, 4096), "vae_batch": whole(1, 4096), "checkpoint_every": whole(1, 1_000_000)}
-"""What the command line accepts for each recipe value: far beyond the recipe's own, short of filling the memory
-(a batch of 64 pictures of 64 px takes about 1 GB here) or running for months."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from helpers.checks import checked, shown
+from helpers.checks import check_seed, checked, shown
 
 SIZE = 64
 """The side, in pixels, of the scenes the offline model was trained on."""
@@ -102,6 +102,7 @@ def random_scene(rng: random.Random) -> Scene:
     return Scene(shape, colour, background, (rng.uniform(low, high), rng.uniform(low, high)), extent)
 
 
+@checked(seed=check_seed)
 def scene(seed: int) -> Scene:
     """The scene of `seed`: the same on every machine."""
     return random_scene(random.Random(seed))

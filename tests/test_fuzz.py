@@ -31,8 +31,9 @@ import helpers
 
 LIMIT_S = 60
 """No call may take longer: a hang fails the test instead of stalling CI."""
-EXAMPLES = int(os.environ.get("SD35_FUZZ_EXAMPLES", "12"))
-"""Generated calls per entry point (each replaces one parameter)."""
+EXAMPLES = int(os.environ.get("SD35_FUZZ_EXAMPLES", "25"))
+"""Generated calls per entry point (each replaces one parameter): 25 take about 20 s in all here. For a deeper
+search: SD35_FUZZ_EXAMPLES=300 SD35_FUZZ_RANDOM=1 (new examples each run)."""
 
 
 # --- Values a careless reader, a damaged file or a hostile caller could pass -------------------------------------
@@ -228,6 +229,76 @@ ENTRIES = [
                    "drop_t5": False, **SMALL}, settings="settings", aliases={"seeds": ("prompts",),
                                                                             "prompts": ("seeds",)}),
 ]
+
+
+def _from(module: str, name: str) -> Callable[..., Any]:
+    def call(**arguments):
+        import importlib
+
+        return getattr(importlib.import_module(f"helpers.{module}"), name)(**arguments)
+    call.target = (module, name)
+    return call
+
+
+def _plan():
+    from helpers.distributed import make_plan
+
+    return make_plan("tiny", {**UNSEEDED, **SMALL}, {"seed": [0, 1]}, scratch())
+
+
+def _embeddings():
+    return made("t2i").encode_prompt("a", None, None, max_sequence_length=16)[0]
+
+
+def _rows():
+    from helpers.encoders import encoder_rows
+
+    return encoder_rows(made("t2i"), 16)
+
+
+MODULE_ENTRIES = [  # what the notebooks import from the modules themselves
+    Entry("encoders.default_max_sequence_length", _from("encoders", "default_max_sequence_length"),
+          lambda: {"pipe": made("t2i")}),
+    Entry("encoders.encoder_rows", _from("encoders", "encoder_rows"),
+          lambda: {"pipe": made("t2i"), "max_sequence_length": 16}),
+    Entry("encoders.prompt_shapes", _from("encoders", "prompt_shapes"), lambda: {"rows": _rows()}),
+    Entry("encoders.token_rows", _from("encoders", "token_rows"),
+          lambda: {"pipe": made("t2i"), "prompt": "a red circle", "max_sequence_length": 16}),
+    Entry("encoders.embeddings_without_t5", _from("encoders", "embeddings_without_t5"),
+          lambda: {"pipe": made("t2i"), "prompts": ["a"], "max_sequence_length": 16, "negative_prompt": ""},
+          aliases={"prompts": ("negative_prompt",), "negative_prompt": ("prompts",)}),
+    Entry("encoders.plot_prompt_embeddings", _from("encoders", "plot_prompt_embeddings"),
+          lambda: {"prompt_embeds": _embeddings(), "rows": _rows(), "title": "t"}),
+    Entry("evaluation.evaluation_scenes", _from("evaluation", "evaluation_scenes"), lambda: {"count": 3, "start": 5},
+          aliases={"count": ("evaluation seeds",), "start": ("evaluation seeds",)}),
+    Entry("evaluation.judged", _from("evaluation", "judged"),
+          lambda: {"pictures": [RGB], "scenes": [helpers.world.scene(1)]},
+          aliases={"pictures": ("scenes",), "scenes": ("pictures",)}),
+    Entry("evaluation.vae_round_trip", _from("evaluation", "vae_round_trip"), lambda: {"pipe": made("t2i"),
+                                                                                        "image": RGB}),
+    Entry("distributed.make_plan", _from("distributed", "make_plan"),
+          lambda: {"model": "tiny", "fixed": {**UNSEEDED, **SMALL}, "vary": {"seed": [0, 1]}, "folder": scratch()},
+          aliases={"fixed": ("setting",), "vary": ("setting",)}),
+    Entry("distributed.folder_report", _from("distributed", "folder_report"), lambda: {"plan": _plan()}),
+    Entry("distributed.per_gpu_rows", _from("distributed", "per_gpu_rows"),
+          lambda: {"models": ["medium"], "machine": "sagemaker-g5-12xlarge"}),
+    Entry("distributed.shown_command", _from("distributed", "shown_command"), lambda: {"command": ["a", "b c"]}),
+    Entry("world.scene", _from("world", "scene"), lambda: {"seed": 3}),
+]
+NOT_FUZZED = {
+    "distributed.RunningSweep": "starts processes: its door is checked, and tests/test_distributed.py runs it",
+    "distributed.launch": "starts processes: as RunningSweep",
+    "distributed.work": "run by each launched process on a plan make_plan wrote",
+    "training.train": "trains for minutes: its door is checked; tests/test_training.py runs it",
+    "training.Recipe": "checked in __post_init__ (tests/test_training.py)",
+    "training.flow_matching_loss": "notebook 09 shows it as the training code, with the recipe's own values",
+    "training.step_rng": "as flow_matching_loss",
+    "training.training_caption": "as flow_matching_loss",
+    "world.Scene": "a record the world draws; its own checks name the shape or colour",
+    "loading.toy_model_dir": "takes no argument",
+    "encoders.quiet_truncation_warnings": "takes no argument",
+}
+ENTRIES += MODULE_ENTRIES
 BY_NAME = {entry.name: entry for entry in ENTRIES}
 SETTING_NAMES = ["guidance_scale", "num_inference_steps", "height", "width", "negative_prompt", "strength",
                  "max_sequence_length", "image", "mask_image", "skip_guidance_layers", "skip_layer_guidance_start",
@@ -242,6 +313,23 @@ def test_every_exported_callable_is_fuzzed():
     assert exported - not_entry_points - set(BY_NAME) == set()
 
 
+def test_every_helper_a_notebook_imports_is_fuzzed_or_says_why_not():
+    import json
+    import re
+
+    imported = set()
+    for path in sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")):
+        code = "\n".join("".join(cell["source"]) for cell in json.loads(path.read_text())["cells"]
+                         if cell["cell_type"] == "code")
+        for module, listed_names, names in re.findall(
+                r"from helpers\.(\w+) import (?:\(([^)]*)\)|([\w, ]+))", code):
+            imported |= {f"{module}.{name.strip()}" for name in (listed_names or names).split(",") if name.strip()}
+        for module, name in re.findall(r"\b(training|world)\.([a-z_]\w*)\(", code):
+            imported.add(f"{module}.{name}")
+    fuzzed = set(BY_NAME) | {f"{module}.{name}" for name in BY_NAME for module in ("evaluation", "experiments")}
+    assert imported - fuzzed - set(NOT_FUZZED) == set()
+
+
 NO_DOOR = {
     "get_model": "it is the check of its one argument (UnknownModelError lists the models)",
     "route_of": "it takes any object and answers None for one the helpers did not load",
@@ -250,10 +338,15 @@ NO_DOOR = {
 
 def test_every_fuzzed_function_checks_all_its_arguments_at_one_door():
     """Each entry point declares a rule for every parameter with @checked, next to its signature."""
+    import importlib
     import inspect
 
     for entry in ENTRIES:
-        target = getattr(helpers, entry.name, None) or getattr(helpers.widgets, entry.name)
+        module, _, name = entry.name.rpartition(".")
+        if module:
+            target = getattr(importlib.import_module(f"helpers.{module}"), name)
+        else:
+            target = getattr(helpers, entry.name, None) or getattr(helpers.widgets, entry.name)
         door = target.__init__ if inspect.isclass(target) else target
         parameters = set(inspect.signature(door).parameters) - {"self"}
         if parameters and entry.name not in NO_DOOR:

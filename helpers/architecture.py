@@ -213,7 +213,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("large", "medium"):
         print(Table([part.row() for part in component_sizes(name)], title=get_model(name).title), end="\n\n")
     if args.figure:
-        plot_component_sizes().savefig(args.figure, dpi=120)
+        import io
+
+        from helpers.checks import write_output_file
+
+        buffer = io.BytesIO()
+        plot_component_sizes().savefig(buffer, dpi=120, format="png")
+        write_output_file(args.figure, buffer.getvalue())
         print(f"saved {args.figure}")
 
 

@@ -41,6 +41,7 @@ from helpers.checks import (
     side,
     text,
     whole,
+    write_output_file,
 )
 from helpers.models import MODELS, full_size_model, get_model, model_name
 
@@ -494,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.fuse_qkv:  # load_pipeline shares pipelines within a process: leave this one as it was found
             unfuse_qkv_projections(pipe.transformer)
     if args.json:  # its folder was made when --json was checked
-        args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
+        write_output_file(args.json, json.dumps(asdict(result), indent=2) + "\n")
         print(f"saved {args.json}")
     return 0
 

@@ -163,6 +163,24 @@ def check_output_file(path: Path, name: str, suffix: str | None = None) -> Path:
     return path
 
 
+def write_output_file(path: Path, data: str | bytes) -> Path:
+    """Write a command's result file (checked before the work by `check_output_file`): under a temporary name in
+    the same folder, then renamed into place, so the file is whole or, if the write fails, as it was."""
+    import tempfile
+
+    path = Path(path)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(staging, 0o644)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return path
+
+
 # --- The door: rules declared next to a signature ------------------------------------------------------------------
 
 def shown(value: Any, limit: int = 80) -> str:

@@ -31,7 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.checks import check_path, checked, flag, instance, listed, optional, output_folder, shown, text, whole
+from helpers.checks import (
+    check_path,
+    checked,
+    flag,
+    instance,
+    listed,
+    optional,
+    output_folder,
+    shown,
+    text,
+    whole,
+    write_output_file,
+)
 from helpers.experiments import sweep_combinations
 from helpers.machines import machine_rule
 from helpers.models import full_size_model, model_name
@@ -89,7 +101,7 @@ def make_plan(model: str, fixed: dict[str, Any], vary: dict[str, Sequence], fold
         raise ValueError(f"a setting cannot be written into a plan ({error}): a distributed sweep takes text, numbers "
                          "and lists only. Sweep image-to-image or inpainting with run_sweep in one process.") from None
     plan.path.parent.mkdir(parents=True, exist_ok=True)
-    plan.path.write_text(json.dumps({"model": plan.model, "fixed": plan.fixed, "vary": plan.vary}, indent=1))
+    write_output_file(plan.path, json.dumps({"model": plan.model, "fixed": plan.fixed, "vary": plan.vary}, indent=1))
     return plan
 
 
@@ -215,6 +227,9 @@ class Journal:
     leaves a record up to its last finished image."""
 
     def __init__(self, folder: Path, launch: str, rank: int):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", launch):
+            raise ValueError(f"launch={shown(launch)} must be a plain name (letters, digits, '.', '_', '-'): it names "
+                             "the journal files inside the sweep's folder.")
         self.path = folder / JOURNALS / f"{launch}-rank{rank}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rank = rank

@@ -34,7 +34,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from helpers.checks import output_folder, shown
+from helpers.checks import output_folder, shown, write_output_file
 
 DEFAULT_OUT = Path("outputs/gpu_check")
 SIZE = 1024
@@ -565,8 +565,8 @@ def run(budget_s: float, out: Path, only: list[str] | None = None, progress: boo
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "gpu_check.md").write_text(markdown(report))
+    write_output_file(out / "gpu_check.json", json.dumps(report, indent=2) + "\n")
+    write_output_file(out / "gpu_check.md", markdown(report))
 
 
 def _gb(value) -> str:

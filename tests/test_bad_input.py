@@ -531,3 +531,33 @@ def test_a_stand_in_cache_name_taken_by_something_else_is_left_alone(tmp_path, m
     with pytest.raises(DamagedModelError, match="holds no saved stand-in: it is left as it is"):
         tiny.tiny_pipeline_dir()
     assert (taken / "mine.txt").read_text() == "a reader's file"
+
+
+def test_a_launch_name_cannot_write_outside_the_sweeps_folder(tmp_path):
+    from helpers.distributed import Journal
+
+    for name in ("../../escaped", "/tmp/x", "a/b", "", "x" * 200):
+        with pytest.raises(ValueError, match="must be a plain name"):
+            Journal(tmp_path, name, 0)
+    assert not any(tmp_path.parent.glob("escaped*"))
+    assert Journal(tmp_path, "20261201-120000-abc123", 1).path.parent == tmp_path / ".journal"
+
+
+def test_a_result_file_is_replaced_whole_or_left_as_it_was(tmp_path, monkeypatch):
+    import os
+
+    from helpers.checks import write_output_file
+
+    target = tmp_path / "result.json"
+    target.write_text("the earlier result")
+
+    def full_disk(*args, **kwargs):  # what os.replace meets when the drive fills at the last moment
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError):
+        write_output_file(target, "the new result")
+    monkeypatch.undo()
+    assert target.read_text() == "the earlier result" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    write_output_file(target, "the new result")
+    assert target.read_text() == "the new result" and [p.name for p in tmp_path.iterdir()] == ["result.json"]

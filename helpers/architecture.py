@@ -194,6 +194,20 @@ def plot_component_sizes(models: tuple[str, ...] = ("large", "medium")):
     return figure
 
 
+CHART_MAKER = "python -m helpers.architecture"
+"""Recorded in the chart's PNG, so that --figure replaces only a chart it drew."""
+
+
+def _is_our_chart(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get("Software") == CHART_MAKER
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print each model's parts and sizes, and save the chart: `python -m helpers.architecture [--figure PATH]`."""
     import argparse
@@ -207,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         from helpers.checks import check_output_file
 
         try:
-            args.figure = check_output_file(args.figure, "--figure", suffix=".png")
+            args.figure = check_output_file(args.figure, "--figure", suffix=".png", ours=_is_our_chart)
         except ValueError as error:
             parser.error(str(error))
     for name in ("large", "medium"):
@@ -218,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         from helpers.checks import write_output_file
 
         buffer = io.BytesIO()
-        plot_component_sizes().savefig(buffer, dpi=120, format="png")
+        plot_component_sizes().savefig(buffer, dpi=120, format="png", metadata={"Software": CHART_MAKER})
         write_output_file(args.figure, buffer.getvalue())
         print(f"saved {args.figure}")
 

@@ -383,6 +383,15 @@ def flops_per_step(model: str, size: int = 1024, batch: int = 2, max_sequence_le
     return float(counter.get_total_flops())
 
 
+def _is_bench_json(path: Path) -> bool:
+    """Whether `path` holds a result this command wrote (one it may replace)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"model", "weights", "runs", "stages"} <= set(data)
+
+
 def load_for_bench(args: argparse.Namespace):
     """The pipeline a bench command asks for, after every check that can fail has passed."""
     import torch
@@ -472,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         check_side("--size", size)
         check_guidance_scale(guidance, "--guidance")
         if args.json:
-            args.json = check_output_file(args.json, "--json")  # before the benchmark, not after it
+            args.json = check_output_file(args.json, "--json", ours=_is_bench_json)  # before the benchmark
         pipe = load_for_bench(args)
     except (ValueError, MemoryError) as error:
         parser.error(str(error))

@@ -146,10 +146,16 @@ def check_max_sequence_length(value: Any, name: str = "max_sequence_length") -> 
     return int(value)
 
 
-def check_output_file(path: Path, name: str, suffix: str | None = None) -> Path:
+def check_output_file(path: Path, name: str, suffix: str | None = None,
+                      ours: Callable[[Path], bool] | None = None) -> Path:
     """A file a command will write when it finishes, checked before it starts: its folder can be made and written
-    to, and it is not a folder. With `suffix`, a path without one gets it (the path returned is the one written)."""
+    to, and it is not a folder. With `suffix`, a path without one gets it (the path returned is the one written).
+    With `ours`, an existing file is replaced only if `ours(path)` says this command wrote it."""
     path = check_path(path, name)
+    candidate = path.with_suffix(suffix) if suffix and not path.suffix else path
+    if ours is not None and candidate.is_file() and not ours(candidate):
+        raise ValueError(f"{name} {str(candidate)!r} exists and was not written by this command: it is left as it "
+                         "is. Choose another name, or move that file away.")
     if suffix and not path.suffix:
         path = path.with_suffix(suffix)
     folder = path.parent

@@ -49,7 +49,7 @@ from helpers.checks import (
     shown,
     text,
 )
-from helpers.images import STAGING_PREFIX, image_grid, output_dir, read_metadata, write_png
+from helpers.images import STAGING_PREFIX, default_folder, image_grid, read_metadata, write_png
 from helpers.models import model_name
 
 PARAMETERS = {
@@ -311,7 +311,7 @@ def generate(
 
     settings = check_settings(settings)
     check_for_pipeline(pipe, settings)
-    folder = Path(folder) if folder is not None else output_dir() / "sweeps"
+    folder = folder if folder is not None else default_folder("sweeps")
     key = image_key(pipe, model, settings, fingerprint)
     path = folder / key_name(key)
     if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -438,7 +438,7 @@ def run_sweep(
     combinations = sweep_combinations(fixed, vary)
     for combination in combinations:
         check_for_pipeline(pipe, check_settings({**fixed, **combination}))
-    folder = Path(folder) if folder is not None else output_dir() / "sweeps"
+    folder = folder if folder is not None else default_folder("sweeps")
     _remove_stale_staging(folder)
     start = time.perf_counter()
     fingerprint = pipeline_fingerprint(pipe)  # once: the pipeline does not change during a sweep

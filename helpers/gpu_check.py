@@ -529,6 +529,25 @@ def _run_check(check: Check, out: Path, timeout_s: float) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - start, 1), "cases": cases}
 
 
+REPORTS = ("gpu_check.json", "gpu_check.md", "gpu_check.log")
+
+
+def _check_reports_are_ours(out: Path) -> None:
+    """An --out folder may hold an earlier report of this command, which is replaced; files of those names written
+    by anything else are left as they are, and the run stops before it starts."""
+    present = [name for name in REPORTS if (out / name).exists()]
+    if not present:
+        return
+    try:
+        ours = str(json.loads((out / "gpu_check.json").read_text()).get("command", "")).startswith(
+            "python -m helpers.gpu_check")
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise ValueError(f"--out {str(out)!r} holds {', '.join(present)} that this command did not write: they are "
+                         "left as they are. Choose another --out folder.")
+
+
 def run(budget_s: float, out: Path, only: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the checks in order within `budget_s` seconds; write and return the report."""
     import torch
@@ -536,6 +555,7 @@ def run(budget_s: float, out: Path, only: list[str] | None = None, progress: boo
     if not (isinstance(budget_s, (int, float)) and 0 < budget_s <= 86_400):
         raise ValueError(f"budget_s={shown(budget_s)} must be a positive number of seconds up to a day, e.g. 360.")
     out = output_folder(out, "--out")
+    _check_reports_are_ours(out)
     unknown = sorted(set(only or ()) - set(RUNNERS))
     if unknown:
         raise ValueError(f"--only {' '.join(unknown)}: no such check. Checks: {', '.join(RUNNERS)}.")

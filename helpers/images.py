@@ -46,6 +46,13 @@ def output_dir() -> Path:
     return (project if (project / "pyproject.toml").is_file() else Path.cwd()) / "outputs"
 
 
+def default_folder(*parts: str) -> Path:
+    """A folder under output_dir() for what a call saves when it is given no folder, checked as a given folder is
+    (made now, and writable), with a message naming SD35_OUTPUT_DIR where that chose it."""
+    name = OUTPUT_VARIABLE if os.environ.get(OUTPUT_VARIABLE) else "the default output folder"
+    return output_folder(output_dir().joinpath(*parts), name)
+
+
 def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "image"
 
@@ -113,7 +120,7 @@ def save_image(
         if name in settings and settings[name] != record[name]:
             raise ValueError(f"{name}={settings[name]} does not match the image, which is {record[name]} pixels.")
 
-    folder = Path(folder) if folder is not None else output_dir()
+    folder = folder if folder is not None else default_folder()
     stem = f"{_slug(model)}-{_slug(prompt)}-seed{seed}"
     names = (f"{stem}.png" if attempt == 1 else f"{stem}-{attempt}.png" for attempt in range(1, 10_000))
     path = write_png(image, record, folder, names)

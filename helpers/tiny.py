@@ -176,9 +176,11 @@ def tiny_pipeline_dir() -> Path:
     The folder appears complete or not at all: it is written under a temporary name and renamed into place. One
     that is damaged (its files differ from the list saved with them) is moved aside, said so, and built again.
     """
+    from helpers.checks import output_folder
     from helpers.manifest import DamagedModelError, check_model_folder, write_manifest
 
-    folder = cache_dir() / f"tiny-sd35-{_fingerprint()}"
+    folder = output_folder(cache_dir(), CACHE_VARIABLE if os.environ.get(CACHE_VARIABLE) else "the stand-in's cache "
+                           "folder") / f"tiny-sd35-{_fingerprint()}"
     if (folder / "model_index.json").is_file():
         try:
             check_model_folder(folder, "")

@@ -37,6 +37,7 @@ from helpers import world
 from helpers.checks import check_path, checked, flag, instance, number, one_of, optional, output_folder, whole
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 CLIP_MAX_LENGTH = 16
@@ -222,13 +223,37 @@ def scene_pool(recipe: Recipe, work: Path | None = None):
     seeds = pool_seeds(recipe)
     cached = None if work is None else work / "pool.npy"
     if cached is not None and cached.is_file():
-        return [world.scene(seed) for seed in seeds], np.load(cached)
+        scenes = [world.scene(seed) for seed in seeds]
+        return scenes, _checked_pool(cached, scenes)
     scenes, pictures = world.dataset(seeds)
     if cached is not None:
         staging = cached.with_name(".pool.partial.npy")
         np.save(staging, pictures)
         os.replace(staging, cached)
     return scenes, pictures
+
+
+def _checked_pool(path: Path, scenes: list) -> np.ndarray:
+    """The pictures kept in `path`, if they are this recipe's pool: uint8 of the right shape (never unpickled), and
+    64 pictures spread through it drawn again and compared pixel for pixel. Else a clear error: a pool that is
+    damaged or replaced would train the model on other pictures without a word."""
+    import numpy as np
+
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"{path} is not the picture pool of this recipe ({why}): move it away, and the next run "
+                          "draws the pool again.")
+
+    try:
+        pictures = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise refuse(f"it does not read as a NumPy array: {error}") from None
+    expected = (len(scenes), world.SIZE, world.SIZE, 3)
+    if pictures.dtype != np.uint8 or pictures.shape != expected:
+        raise refuse(f"{pictures.dtype} {pictures.shape} where uint8 {expected} was drawn")
+    for index in np.linspace(0, len(scenes) - 1, 64).astype(int):
+        if not np.array_equal(pictures[index], np.asarray(scenes[index].draw())):
+            raise refuse(f"picture {index} is not the scene of its seed")
+    return np.asarray(pictures)
 
 
 def batch_indices(recipe: Recipe, stage: str, step: int, size: int) -> list[int]:

@@ -176,6 +176,10 @@ def nearest_colour(rgb: np.ndarray) -> str:
     return _PALETTE_NAMES[int(np.argmin(((_PALETTE - np.asarray(rgb, dtype=np.float64)) ** 2).sum(axis=1)))]
 
 
+MAX_JUDGED = 4096
+"""The largest side the judge reads: far beyond the toy's 64 px, and a few hundred MB of float pixels at most."""
+
+
 def _pixels(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
     """A picture as (H, W, 3) floats from 0 to 255: a PIL image, or an array of 0-255 values (uint8 or numbers) or
     of 0-1 floats (as matplotlib and torch keep them), which are scaled. Anything else is refused by name."""
@@ -188,9 +192,9 @@ def _pixels(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape or image.dtype.kind not in "uif":
         raise ValueError(f"{name} of shape {image.shape} and dtype {image.dtype} is not an RGB picture; pass a PIL "
                          "image or an (H, W, 3) array of numbers.")
-    if image.shape[0] * image.shape[1] > 89_478_485:  # helpers.inputs.MAX_INPUT_PIXELS
-        raise ValueError(f"{name} is {image.shape[1]}x{image.shape[0]} pixels; the judge reads pictures up to "
-                         "89,478,485 pixels.")
+    if max(image.shape[:2]) > MAX_JUDGED:
+        raise ValueError(f"{name} is {image.shape[1]}x{image.shape[0]} pixels; the judge reads pictures of up to "
+                         f"{MAX_JUDGED} px a side (the toy world's are {SIZE}).")
     pixels = image.astype(np.float64)
     if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
         raise ValueError(f"{name} holds values outside 0-255 (or NaN); give 0-255 values, or 0-1 floats.")

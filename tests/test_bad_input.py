@@ -561,3 +561,49 @@ def test_a_result_file_is_replaced_whole_or_left_as_it_was(tmp_path, monkeypatch
     assert target.read_text() == "the earlier result" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
     write_output_file(target, "the new result")
     assert target.read_text() == "the new result" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_a_replaced_picture_pool_is_refused_before_training_on_it(tmp_path):
+    import numpy as np
+
+    from helpers.training import Recipe, scene_pool
+
+    recipe = Recipe(pool=80)
+    pictures = scene_pool(recipe, tmp_path)[1]  # drawn and kept
+    again = scene_pool(recipe, tmp_path)[1]
+    assert np.array_equal(again, pictures)
+    planted = pictures.copy()
+    planted[40] = 255 - planted[40]
+    np.save(tmp_path / "pool.npy", planted)
+    with pytest.raises(ValueError, match="picture 40 is not the scene of its seed"):
+        scene_pool(recipe, tmp_path)
+    np.save(tmp_path / "pool.npy", np.array([object()], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="does not read as a NumPy array"):
+        scene_pool(recipe, tmp_path)
+
+
+@pytest.mark.parametrize(("module", "flag", "name"), [
+    ("helpers.bench", "--json", "notes.json"),
+    ("helpers.architecture", "--figure", "holiday.png"),
+    ("helpers.gpu_check", "--out", "gpu_check.md"),
+])
+def test_an_output_that_names_someone_elses_file_stops_before_any_work(tmp_path, capsys, module, flag, name):
+    import importlib
+
+    theirs = tmp_path / name
+    theirs.write_bytes(b"a reader's own file")
+    target = tmp_path if flag == "--out" else theirs
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(module).main([flag, str(target)])
+    message = capsys.readouterr().err
+    assert stopped.value.code == 2 and ("was not written by this command" in message or "did not write" in message)
+    assert theirs.read_bytes() == b"a reader's own file"
+
+
+def test_a_chart_the_command_drew_is_replaced_when_asked_again(tmp_path, capsys):
+    from helpers.architecture import main
+
+    main(["--figure", str(tmp_path / "chart.png")])
+    first = (tmp_path / "chart.png").stat().st_mtime_ns
+    main(["--figure", str(tmp_path / "chart.png")])
+    assert (tmp_path / "chart.png").stat().st_mtime_ns >= first and "saved" in capsys.readouterr().out

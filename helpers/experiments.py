@@ -106,7 +106,8 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
     checked["seed"] = check_seed(settings["seed"])
     check_prompt(settings["prompt"])
     if settings.get("negative_prompt") is not None:  # None means no negative prompt, as in diffusers
-        check_prompt(settings["negative_prompt"], "negative_prompt")
+        if check_prompt(settings["negative_prompt"], "negative_prompt") == "":
+            del checked["negative_prompt"]  # '' is what diffusers uses for None: one picture, one key
     for name, modes, helper in (("image", ("RGB",), "prepare_image"), ("mask_image", ("L", "1"), "prepare_mask")):
         value = settings.get(name)
         if value is not None and (not isinstance(value, Image.Image) or value.mode not in modes):

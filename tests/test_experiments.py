@@ -282,3 +282,7 @@ def test_numpy_numbers_are_settings_like_python_numbers_and_equal_values_share_a
                       progress=False)
     assert (first.generated, again.generated, again.reused) == (1, 0, 1)
     assert first.entries[0][1] == again.entries[0][1]
+    for negative in ("", None):  # what diffusers does with no negative prompt: the same picture, the same file
+        same = run_sweep(pipe, "tiny", {**FIXED, "guidance_scale": 4.0, "negative_prompt": negative}, {"seed": [0]},
+                         folder=tmp_path, progress=False)
+        assert (same.generated, same.entries[0][1]) == (0, first.entries[0][1])

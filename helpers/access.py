@@ -13,6 +13,8 @@ import unicodedata
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
+from helpers.checks import checked, number, optional, shown
+
 TOKEN_PAGE = "https://huggingface.co/settings/tokens"
 HUB_TIMEOUT_S = 15.0
 """How long the access check waits for the hub's answer before saying it stalled."""
@@ -133,6 +135,21 @@ def check_token_shape(token: Token | str) -> Token:
     return token
 
 
+def hub_id_rule(value: object, name: str = "hub_id") -> str:
+    """A model's name on the hub, 'owner/name' (e.g. 'stabilityai/stable-diffusion-3.5-large')."""
+    if not isinstance(value, str) or not re.fullmatch(r"[\w.-]{1,96}/[\w.-]{1,96}", value):
+        raise ValueError(f"{name}={shown(value)} must be a model's name on the hub, 'owner/name', e.g. "
+                         "'stabilityai/stable-diffusion-3.5-large'.")
+    return value
+
+
+def _endpoint(value: object, name: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", value):
+        raise ValueError(f"{name}={shown(value)} must be the hub's address, e.g. 'https://huggingface.co'.")
+    return value
+
+
+@checked(hub_id=hub_id_rule)
 def require_token(hub_id: str) -> Token:
     """The token to use for a gated model (a Token: it never shows), checked for shape, or MissingTokenError with
     the steps to get one."""
@@ -172,6 +189,7 @@ def _answer_within(call, timeout_s: float, hub_id: str) -> None:
         raise outcome[0]
 
 
+@checked(hub_id=hub_id_rule, endpoint=optional(_endpoint), timeout_s=number(0.1, 600))
 def check_access(hub_id: str, token: Token | str, *, endpoint: str | None = None,
                  timeout_s: float = HUB_TIMEOUT_S) -> None:
     """Ask the hub whether `token` may download `hub_id`; raise a ModelAccessError that says what to do if not.

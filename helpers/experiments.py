@@ -105,9 +105,9 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
     checked["num_inference_steps"] = steps = check_steps(settings["num_inference_steps"])
     checked["seed"] = check_seed(settings["seed"])
     check_prompt(settings["prompt"])
-    if settings.get("negative_prompt") is not None:  # None means no negative prompt, as in diffusers
-        if check_prompt(settings["negative_prompt"], "negative_prompt") == "":
-            del checked["negative_prompt"]  # '' is what diffusers uses for None: one picture, one key
+    # None means no negative prompt, as in diffusers, which uses '' for it: one picture, one key for both
+    if settings.get("negative_prompt") is not None and check_prompt(settings["negative_prompt"], "negative_prompt") == "":
+        del checked["negative_prompt"]
     for name, modes, helper in (("image", ("RGB",), "prepare_image"), ("mask_image", ("L", "1"), "prepare_mask")):
         value = settings.get(name)
         if value is not None and (not isinstance(value, Image.Image) or value.mode not in modes):
@@ -364,19 +364,26 @@ class Sweep:
     repaired: int = 0
     """Cached pictures found damaged (or not what their name stands for) and made again."""
 
+    def _matching(self, match: dict[str, Any]) -> list[Path]:
+        unknown = [name for name in match if name not in self.vary]
+        if unknown:
+            raise ValueError(f"{shown(unknown[0])} is not varied in this sweep; choose from: {', '.join(self.vary)}.")
+        return [path for settings, path in self.entries if all(settings[k] == v for k, v in match.items())]
+
     def image(self, **match: Any) -> Image.Image:
         """The one image whose varied settings equal `match`, e.g. `sweep.image(seed=1, guidance_scale=7.0)`."""
-        found = [path for settings, path in self.entries if all(settings[k] == v for k, v in match.items())]
+        found = self._matching(match)
         if len(found) != 1:
-            raise KeyError(f"{len(found)} images match {match}; name a value for each of: {', '.join(self.vary)}.")
+            raise KeyError(f"{len(found)} images match {shown(match)}; name a value for each of: "
+                           f"{', '.join(self.vary)}.")
         with Image.open(found[0]) as image:
             return image.copy()
 
     def images(self, **match: Any) -> list[Image.Image]:
         """Every image whose settings equal `match`, in sweep order."""
-        paths = [path for settings, path in self.entries if all(settings[k] == v for k, v in match.items())]
-        return [Image.open(path).copy() for path in paths]
+        return [Image.open(path).copy() for path in self._matching(match)]
 
+    @checked(rows=text, columns=text, title=optional(text), label=function)
     def figure(self, rows: str, columns: str, title: str | None = None, label=str):
         """A grid: one row per value of `rows`, one column per value of `columns` (the others must be single)."""
         for name in (rows, columns):

@@ -20,7 +20,7 @@ from helpers.checks import check_seed, checked, flag, listed
 from helpers.images import output_dir
 from helpers.machines import MACHINE_VARIABLE, Machine, emulated_machine, live_machine
 from helpers.models import AUTO, MODEL_VARIABLE, MODELS, ModelSpec, get_model, model_setting, model_spec
-from helpers.routes import Route, default_device, plan_route
+from helpers.routes import Route, default_device, option, plan_route
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +72,7 @@ class Session:
         """
         return toy if self.model.is_stand_in else sd35
 
+    @checked(spec=model_spec, offload=option, quantize=option, t5=option)
     def fits(self, spec: ModelSpec, *, offload="auto", quantize="auto", t5="auto") -> bool:
         """Whether `load_pipeline(spec, offload=..., quantize=..., t5=...)` fits this machine's GPU and RAM
         (helpers.memory's estimates); if not, says so. Without a GPU everything fits (it runs on the CPU)."""
@@ -84,11 +85,13 @@ class Session:
             return False
         return True
 
+    @checked(variants=lambda value, name: listed(_variant)(value, name))
     def fitting(self, variants: Sequence[tuple[ModelSpec, str | None]]) -> list[tuple[ModelSpec, str | None]]:
         """The (model, quantize) pairs that `load_pipeline(model, quantize=quantize)` can load on this machine;
         says which it leaves out. Without a GPU every pair loads (on the CPU)."""
         return [(spec, quantize) for spec, quantize in variants if self.fits(spec, quantize=quantize)]
 
+    @checked(offload=option)
     def gpu_offload(self, offload: str) -> str | None:
         """`offload` where there is a GPU to offload to (or one is emulated: then it is planned, not run); None on a
         CPU, where everything is in CPU memory already."""
@@ -189,6 +192,13 @@ def _played_by(offline: ModelSpec, about: tuple[ModelSpec, ...], machine: Machin
         f"with the {offline.title.lower()}: the same dtype, quantized parts, attention and tiling.")]
     # a notebook about an offline model (the toy's training) runs it as itself, on the machine's route
     return tuple(offline if spec.is_stand_in else offline.playing(spec.name) for spec in fitting), notes
+
+
+def _variant(value: object, name: str) -> tuple[ModelSpec, str | None]:
+    """(model, quantize): a model of the series and one of load_pipeline's quantize values."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name}={value!r} must be a (model, quantize) pair, e.g. (MODELS['large'], 'nf4').")
+    return model_spec(value[0], name), option(value[1], "quantize")
 
 
 def _about(value: object, name: str) -> tuple[ModelSpec, ...]:

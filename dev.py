@@ -39,13 +39,70 @@ def run(*command: str | Path, cwd: Path = ROOT) -> None:
     subprocess.run([str(part) for part in command], cwd=cwd, check=True)
 
 
+class SetupError(Exception):
+    """Setup cannot go on here; the message says what to install or change."""
+
+
+MINIMUM_PYTHON = (3, 11)
+NEEDED_DISK_GB = 4.0
+"""Free disk setup needs: PyTorch's CPU build is about 1 GB installed, the rest of the packages about 1.5 GB more."""
+
+
+def check_prerequisites(root: Path = ROOT) -> None:
+    """What setup needs from this machine, checked before it starts: the Python version, venv with pip, disk."""
+    import shutil
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if sys.version_info[:2] < MINIMUM_PYTHON:
+        raise SetupError(f"Python {version} is too old: the series needs Python 3.11 or newer. Install it (on "
+                         "Debian or Ubuntu: sudo apt install python3.11 python3.11-venv) and run `python3.11 dev.py`.")
+    try:
+        import ensurepip  # noqa: F401 - Debian and Ubuntu ship it separately, in python3-venv
+    except ImportError:
+        raise SetupError(venv_missing_help(version)) from None
+    free_gb = shutil.disk_usage(root).free / 1e9
+    if free_gb < NEEDED_DISK_GB:
+        raise SetupError(f"{free_gb:.1f} GB free on the disk of {root}; setup needs about {NEEDED_DISK_GB:.0f} GB "
+                         "(PyTorch and the other packages). Free some space and run this again.")
+
+
+def venv_missing_help(version: str) -> str:
+    return (f"This Python ({version}) cannot make virtual environments with pip: its venv support (ensurepip) is "
+            f"not installed. On Debian or Ubuntu: sudo apt install python{version}-venv ; on Fedora or RHEL: sudo "
+            "dnf install python3-pip ; then run this command again (the half-made .venv is completed, not reused "
+            "as it is).")
+
+
+def has_pip(python: Path) -> bool:
+    """Whether the environment's Python exists and can run pip."""
+    return python.is_file() and subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True,
+                                               check=False).returncode == 0
+
+
+def ensure_venv(folder: Path = VENV) -> None:
+    """A virtual environment with pip in `folder`: made where there is none, completed where an earlier setup
+    stopped half-way (no Python, or no pip), in place: nothing in the folder is deleted."""
+    python = folder / ("Scripts" if os.name == "nt" else "bin") / ("python.exe" if os.name == "nt" else "python")
+    if has_pip(python):
+        return
+    print(f"{'Completing' if folder.exists() else 'Creating'} {folder} ...", flush=True)
+    try:
+        venv.EnvBuilder(with_pip=True).create(folder)
+    except subprocess.CalledProcessError as error:  # ensurepip failed: its output says why
+        print((error.output or b"").decode(errors="replace") if isinstance(error.output, bytes) else error.output or "")
+        raise SetupError(venv_missing_help(f"{sys.version_info.major}.{sys.version_info.minor}")) from None
+    if not has_pip(python):
+        raise SetupError(f"{folder} was made, but its Python cannot run pip. "
+                         + venv_missing_help(f"{sys.version_info.major}.{sys.version_info.minor}"))
+
+
 def ensure_environment() -> None:
     wanted = hashlib.sha256(TORCH.encode() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.is_file() and STAMP.read_text() == wanted and PYTHON.is_file():
         return
-    if not PYTHON.is_file():
-        print(f"Creating {VENV} ...", flush=True)
-        venv.create(VENV, with_pip=True)
+    check_prerequisites()
+    ensure_venv(VENV)
+    STAMP.unlink(missing_ok=True)  # written again only when everything below has installed
     run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", TORCH)
     run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-e", ".[lab,dev]")
     if (ROOT / ".git").exists():
@@ -61,14 +118,39 @@ def install_output_filter(repository: Path = ROOT, python: Path = PYTHON) -> Non
     run("git", "config", "diff.ipynb.textconv", f"{strip} -t", cwd=repository)
 
 
+FIRST_NOTEBOOK = "notebooks/01_loading_sd35.ipynb"
+
+
 def lab_command(extra: list[str]) -> tuple[list[str], dict[str, str]]:
-    """JupyterLab rooted at the repository (so the notebooks' links to the README work), opening notebook 01, with
-    .venv first on the PATH of its terminals (so `python -m helpers.memory` there finds the series' packages)."""
+    """JupyterLab rooted at the repository (so the notebooks' links to the README work), opening notebook 01 (the URL
+    it prints opens it too), with .venv first on the PATH of its terminals. Terminals start as plain shells: Lab
+    otherwise starts login shells when it has no terminal of its own (started in the background, by a service),
+    and /etc/profile then resets PATH (jupyter_server_terminals' app.py)."""
     as_root = ["--allow-root"] if getattr(os, "geteuid", lambda: -1)() == 0 else []  # containers, cloud VMs
     env = {**os.environ, "VIRTUAL_ENV": str(VENV), "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
-    command = [str(BIN / "jupyter"), "lab", f"--ServerApp.root_dir={ROOT}", "notebooks/01_loading_sd35.ipynb",
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    command = [str(BIN / "jupyter"), "lab", f"--ServerApp.root_dir={ROOT}", FIRST_NOTEBOOK,
+               f"--LabApp.default_url=/lab/tree/{FIRST_NOTEBOOK}", f"--ServerApp.terminado_settings=shell_command={shell}",
                *as_root, *extra]
     return command, env
+
+
+LAB_OVERRIDES = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}
+"""Settings of the series' own JupyterLab (in .venv, not the reader's): no "news" prompt over the notebook."""
+
+
+def write_lab_overrides(venv_folder: Path = VENV) -> Path:
+    """LAB_OVERRIDES merged into the overrides.json of the JupyterLab installed in `venv_folder`."""
+    path = venv_folder / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        current = {}
+    merged = {**current, **{key: {**current.get(key, {}), **value} for key, value in LAB_OVERRIDES.items()}}
+    if merged != current:
+        path.write_text(json.dumps(merged, indent=1) + "\n")
+    return path
 
 
 def strip_outputs(notebooks: list[Path]) -> list[Path]:
@@ -82,7 +164,9 @@ def strip_outputs(notebooks: list[Path]) -> list[Path]:
                 cell["outputs"], cell["execution_count"] = [], None
                 cell.get("metadata", {}).pop("execution", None)
         if json.dumps(notebook, sort_keys=True) != before:
-            path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            # nbformat's layout, which the output filter writes too: a stripped notebook is then unchanged for git
+            path.write_text(json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n",
+                            encoding="utf-8")
             changed.append(path)
     return changed
 
@@ -114,7 +198,7 @@ def test_commands(extra: list[str]) -> list[tuple[list[str], dict[str, str]]]:
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"lab", "test", "strip"}:
         print(__doc__)
-        return 2
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     command, extra = argv[0], argv[1:]
     if command == "strip":
         targets = [Path(arg) for arg in extra] or sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -123,10 +207,15 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         ensure_environment()
+    except SetupError as error:
+        print(f"Setup cannot go on: {error}")
+        return 1
     except subprocess.CalledProcessError as error:
-        print(f"Setup failed (exit {error.returncode}); see the pip output above. Fix it and run again.")
+        print(f"Setup failed: `{' '.join(map(str, error.cmd))}` ended with exit status {error.returncode}; its output "
+              "is above. Fix what it says and run this again: setup goes on from where it stopped.")
         return error.returncode or 1
     if command == "lab":
+        write_lab_overrides()
         lab, env = lab_command(extra)
         return subprocess.call(lab, cwd=ROOT, env=env)
     failed = 0

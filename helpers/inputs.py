@@ -385,8 +385,12 @@ def sample(name: str) -> Image.Image:
     return load_image(path if path.is_file() else DRAWINGS[name](), name=name)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Redraw the sample pictures in images/."""
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m helpers.inputs", description=f"Redraw the sample pictures "
+                            f"({', '.join(SAMPLES.values())}) in {SAMPLE_DIR}.").parse_args(argv)
     SAMPLE_DIR.mkdir(exist_ok=True)
     for name, draw in DRAWINGS.items():
         path = SAMPLE_DIR / SAMPLES[name]

@@ -244,7 +244,7 @@ def _checked_pool(path: Path, scenes: list) -> np.ndarray:
                           "draws the pool again.")
 
     try:
-        pictures = np.load(path, allow_pickle=False, mmap_mode="r")
+        pictures = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise refuse(f"it does not read as a NumPy array: {error}") from None
     expected = (len(scenes), world.SIZE, world.SIZE, 3)
@@ -253,7 +253,7 @@ def _checked_pool(path: Path, scenes: list) -> np.ndarray:
     for index in np.linspace(0, len(scenes) - 1, 64).astype(int):
         if not np.array_equal(pictures[index], np.asarray(scenes[index].draw())):
             raise refuse(f"picture {index} is not the scene of its seed")
-    return np.asarray(pictures)
+    return pictures
 
 
 def batch_indices(recipe: Recipe, stage: str, step: int, size: int) -> list[int]:

@@ -82,8 +82,11 @@ class Explorer:
         self.generate()
 
     def current_settings(self) -> dict[str, Any]:
-        """The pipeline settings the controls show now, with the fixed ones."""
-        return {**self.fixed, **{name: control.value for name, control in self.controls.items()}}
+        """The pipeline settings the controls show now, with the fixed ones. A slider's value is the number it
+        shows: the browser's steps of 0.5 add up to 3.9999999999999996 where the slider reads 4.0, which would be
+        another picture, and another cache entry."""
+        return {**self.fixed, **{name: round(control.value, 6) if isinstance(control.value, float) else control.value
+                                 for name, control in self.controls.items()}}
 
     def _on_step(self, step: int, total: int) -> None:
         self.progress.max, self.progress.value = total, step

@@ -147,9 +147,10 @@ def generate_and_wait(page, explorer) -> tuple[str, str]:
 @pytest.mark.parametrize(
     ("notebook", "slider", "presses", "before", "after"),
     [
-        # the explorer starts at the model's recommended guidance; three presses of 0.5 move it up by 1.5
-        ("05_guidance_scale_tuning.ipynb", "guidance scale", 3, f"guidance_scale={TOY_GUIDANCE}",
-         f"guidance_scale={TOY_GUIDANCE + 1.5}"),
+        # the explorer starts at the model's recommended guidance; two presses of 0.5 move it up by 1.0, to a value
+        # the notebook's sweep did not draw (its pictures come back from the cache, as the explorer promises)
+        ("05_guidance_scale_tuning.ipynb", "guidance scale", 2, f"guidance_scale={TOY_GUIDANCE}",
+         f"guidance_scale={TOY_GUIDANCE + 1.0}"),
         ("07_inpainting.ipynb", "mask left", 2, "mask_image=<", "mask_image=<"),
     ],
     ids=["guidance-explorer", "inpainting-explorer"],

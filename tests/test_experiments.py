@@ -194,6 +194,21 @@ def test_explorer_steps_and_seed_change_the_image(pipe, tmp_path):
     assert np.asarray(Image.open(min(tmp_path.glob("*.png")))).shape == (64, 64, 3)
 
 
+def test_explorer_uses_the_value_a_slider_shows_and_refuses_what_a_sweep_refuses(pipe, tmp_path):
+    from helpers.widgets import TextToImageExplorer
+
+    explorer = TextToImageExplorer(pipe, "tiny", prompt="a cat", guidance_scale=3.0, num_inference_steps=2,
+                                   height=64, width=64, folder=tmp_path)
+    explorer.controls["guidance_scale"].value = 3.0 + 0.5 + 0.5 - 4e-16  # what a browser's two steps add up to
+    assert explorer.current_settings()["guidance_scale"] == 4.0
+    wide = TextToImageExplorer(pipe, "tiny", prompt="a cat", guidance_scale=12.0, num_inference_steps=2, height=64,
+                               width=64, folder=tmp_path)
+    assert wide.current_settings()["guidance_scale"] == 12.0, "the slider widens to the value given, not clamps it"
+    with pytest.raises(ValueError, match="height=72 must be a positive multiple of 16"):
+        TextToImageExplorer(pipe, "tiny", prompt="a cat", guidance_scale=3.0, num_inference_steps=2, height=72,
+                            width=64, folder=tmp_path)
+
+
 # A damaged cache: a sweep folder synced half-way, a file emptied or overwritten by another picture.
 DAMAGE = {
     "truncated": lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),

@@ -56,6 +56,28 @@ def test_notebook_is_committed_without_outputs(notebook):
             assert cell["outputs"] == [] and cell["execution_count"] is None, cell["source"][:80]
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_is_stored_in_the_form_the_output_filter_writes(notebook):
+    """nbformat's own layout (keys sorted, one-space indent): else the filter rewrites it and a fresh clone shows
+    the notebook as modified the moment setup installs the filter."""
+    text = notebook.read_text(encoding="utf-8")
+    assert text == json.dumps(json.loads(text), sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+
+
+def test_a_fresh_clone_is_clean_once_setup_installs_the_output_filter(tmp_path):
+    import subprocess
+    import sys
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    load_dev().install_output_filter(clone, Path(sys.executable))
+    subprocess.run(["git", "add", "--renormalize", "."], cwd=clone, check=True)  # every file through the filter
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
+    assert status.stdout == ""
+
+
 def test_git_commits_notebooks_without_outputs_and_keeps_them_on_disk(tmp_path):
     """dev.py's nbstripout filter, in a scratch repository: a notebook run and saved in Lab, then committed."""
     import subprocess
@@ -147,6 +169,58 @@ def test_lab_opens_the_series_at_the_repository_root_with_the_venv_on_its_path()
     command, env = dev.lab_command(["--no-browser"])
     assert command[1:4] == ["lab", f"--ServerApp.root_dir={ROOT}", "notebooks/01_loading_sd35.ipynb"]
     assert env["PATH"].split(":")[0] == str(ROOT / ".venv" / "bin") and env["VIRTUAL_ENV"] == str(ROOT / ".venv")
+    assert "--LabApp.default_url=/lab/tree/notebooks/01_loading_sd35.ipynb" in command  # the printed URL opens it
+    # an explicit shell: Lab started without a terminal would otherwise start login shells, which reset PATH
+    assert any(part.startswith("--ServerApp.terminado_settings=shell_command=") for part in command)
+
+
+def test_the_series_lab_has_no_news_prompt_and_keeps_other_overrides(tmp_path):
+    dev = load_dev()
+    settings = tmp_path / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"@jupyterlab/apputils-extension:themes": {"theme": "JupyterLab Dark"}}))
+    dev.write_lab_overrides(tmp_path)
+    written = json.loads(settings.read_text())
+    assert written["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
+    assert written["@jupyterlab/apputils-extension:themes"] == {"theme": "JupyterLab Dark"}
+
+
+def test_setup_says_what_to_install_where_python_cannot_make_environments(monkeypatch, capsys):
+    import sys
+
+    dev = load_dev()
+    monkeypatch.setitem(sys.modules, "ensurepip", None)  # as Debian's python3 without python3-venv
+    with pytest.raises(dev.SetupError, match=r"sudo apt install python3\.\d+-venv"):
+        dev.check_prerequisites()
+    monkeypatch.setattr(dev, "STAMP", Path("/nonexistent/stamp"))
+    assert dev.main(["test"]) == 1
+    assert "Setup cannot go on:" in capsys.readouterr().out
+
+
+def test_a_half_made_environment_is_completed_in_place(tmp_path):
+    import venv
+
+    dev = load_dev()
+    folder = tmp_path / "venv"
+    venv.create(folder, with_pip=False)  # what an earlier setup leaves when ensurepip fails
+    (folder / "mine.txt").write_text("kept")
+    python = folder / "bin" / "python"
+    assert not dev.has_pip(python)
+    dev.ensure_venv(folder)
+    assert dev.has_pip(python) and (folder / "mine.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize("module", ["helpers.bench", "helpers.memory", "helpers.architecture", "helpers.gpu_check",
+                                    "helpers.evaluation", "helpers.training", "helpers.distributed", "helpers.inputs"])
+def test_every_command_line_answers_help_without_doing_anything(module, capsys):
+    import importlib
+
+    samples = sorted((ROOT / "images").glob("sample_*.png"))
+    before = [path.stat().st_mtime_ns for path in samples]
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(module).main(["--help"])
+    assert stopped.value.code == 0 and "usage:" in capsys.readouterr().out
+    assert [path.stat().st_mtime_ns for path in samples] == before
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)

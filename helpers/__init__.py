@@ -60,6 +60,7 @@ _EXPORTS = {
     "unquantized_bytes": "quantization",
     "benchmark": "bench",
     "time_call": "bench",
+    "compare_times": "bench",
     "flops_per_step": "bench",
     "plot_results": "bench",
     "fuse_qkv_projections": "bench",

@@ -192,6 +192,69 @@ def time_call(call: Callable[[], Any], *, device: str, warmup: int = 1, runs: in
     return seconds, rss.peak / 1e9, "process RSS"
 
 
+def sign_test_p(agree: int, total: int) -> float:
+    """Two-sided exact sign test: the chance of a split at least this uneven if each way were equally likely."""
+    from math import comb
+
+    extreme = max(agree, total - agree)
+    return min(1.0, 2 * sum(comb(total, k) for k in range(extreme, total + 1)) / 2**total)
+
+
+@dataclass
+class Comparison:
+    """Two calls timed in alternating rounds (A B, B A, A B, ...): per-round seconds, and what they show."""
+
+    labels: tuple[str, str]
+    seconds: tuple[list[float], list[float]]
+
+    @property
+    def ratios(self) -> list[float]:
+        """Per round: the second call's time over the first's."""
+        return [b / a for a, b in zip(*self.seconds, strict=True)]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    def finding(self) -> str:
+        """The ratio where the rounds agree on which call is slower (sign test p < 0.05); else a caution, not a
+        number to read."""
+        first, second = self.labels
+        ratios, rounds = self.ratios, len(self.ratios)
+        slower = sum(ratio > 1 for ratio in ratios)
+        p = sign_test_p(slower, rounds)
+        spread = f"per-round ratios {min(ratios):.2f} to {max(ratios):.2f}, {rounds} rounds"
+        if p < 0.05:
+            return (f"{second} took {self.ratio:.2f}x the time of {first} (median; {spread}; "
+                    f"{'slower' if slower > rounds / 2 else 'faster'} in {max(slower, rounds - slower)} of {rounds} "
+                    f"rounds, sign test p = {p:.2g}).")
+        return (f"Caution: no reading. The rounds disagree on which is slower ({spread}; slower in {slower} of "
+                f"{rounds}, sign test p = {p:.2g}): this machine's load changed under the measurement, or the two "
+                "take the same time. Run the cell again on an idle machine.")
+
+
+@checked(first=function, second=function, labels=listed(text, 2, 2), device=text, rounds=whole(2, MAX_RUNS),
+         warmup=whole(0, MAX_RUNS))
+def compare_times(first: Callable[[], Any], second: Callable[[], Any], *, labels: tuple[str, str], device: str,
+                  rounds: int = 6, warmup: int = 1) -> Comparison:
+    """Time two calls in alternating rounds (A B, then B A, ...), so that a machine getting busier or quieter
+    weighs on both alike; each timed region is synchronized on a GPU, as in `time_call`."""
+    for _ in range(warmup):
+        first()
+        second()
+    seconds: tuple[list[float], list[float]] = ([], [])
+    for round_ in range(rounds):
+        order = (0, 1) if round_ % 2 == 0 else (1, 0)
+        for index in order:
+            call = (first, second)[index]
+            _synchronize(device)
+            start = time.perf_counter()
+            call()
+            _synchronize(device)
+            seconds[index].append(time.perf_counter() - start)
+    return Comparison(tuple(labels), seconds)
+
+
 def _check_counts(**counts: int) -> None:
     for name, value in counts.items():
         (check_steps if name == "steps" else whole(0 if name == "warmup" else 1, MAX_RUNS))(value, name)

@@ -407,6 +407,23 @@ class LaunchResult:
         }
 
 
+@checked(one=instance(LaunchResult, "the LaunchResult of a one-process launch"),
+         many=instance(LaunchResult, "the LaunchResult of a launch with more processes"))
+def throughput_finding(one: LaunchResult, many: LaunchResult) -> str:
+    """What two launches of one plan say about the extra processes, from the images-per-second of making images:
+    the speed-up, or a caution where it cannot be read (more than N times with N processes, or nothing made)."""
+    if one.num_processes != 1 or many.num_processes < 2 or not one.making_seconds or not many.making_seconds:
+        return "No comparison: it needs a one-process launch and a launch with more processes that both made images."
+    speedup = (many.made / many.making_seconds) / (one.made / one.making_seconds)
+    processes = many.num_processes
+    if speedup > processes * 1.15:
+        return (f"Caution: no reading. {processes} processes came out {speedup:.1f}x as fast as one, more than "
+                f"{processes} processes can give: the machine's load changed between the two launches. Each is a "
+                "single launch; run the cell again on an idle machine.")
+    return (f"{processes} processes made images {speedup:.2f}x as fast as one (one launch each: a single reading, "
+            "without a spread).")
+
+
 class RunningSweep:
     """A launch in progress: `wait()` shows a progress bar until it ends and returns its LaunchResult."""
 

@@ -132,3 +132,18 @@ def test_bench_leaves_a_shared_pipeline_as_it_found_it(capsys):
     fuse_qkv_projections(pipe.transformer)  # twice: the processors from before the first are what comes back
     unfuse_qkv_projections(pipe.transformer)
     assert as_loaded()
+
+
+def test_interleaved_timing_reads_a_ratio_only_where_the_rounds_agree():
+    from helpers.bench import Comparison, compare_times, sign_test_p
+
+    assert sign_test_p(6, 6) == sign_test_p(0, 6) == 2 / 64 and sign_test_p(3, 6) == 1.0
+    steady = Comparison(("one", "two"), ([1.0] * 6, [1.2, 1.1, 1.3, 1.2, 1.15, 1.25]))
+    assert steady.finding().startswith("two took 1.20x the time of one") and "6 of 6 rounds" in steady.finding()
+    noisy = Comparison(("one", "two"), ([1.0] * 6, [0.02, 1.5, 0.9, 1.4, 0.3, 2.0]))
+    assert noisy.finding().startswith("Caution: no reading") and "slower in 3 of 6" in noisy.finding()
+    calls = []
+    timing = compare_times(lambda: calls.append("a"), lambda: calls.append("b"), labels=("a", "b"), device="cpu",
+                           rounds=4, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then A B, B A, A B, B A
+    assert [len(times) for times in timing.seconds] == [4, 4]

@@ -208,3 +208,16 @@ def test_an_unreadable_claim_is_honoured_only_for_a_while(tmp_path, monkeypatch)
         assert claim(tmp_path, "f.png"), text
         monkeypatch.setattr(distributed, "UNREADABLE_CLAIM_S", 60)
         release(tmp_path, "f.png")
+
+
+def test_a_speed_up_beyond_the_process_count_is_a_caution_not_a_finding():
+    from helpers.distributed import LaunchResult, throughput_finding
+
+    def launched(processes, seconds_per_image):
+        events = [{"event": "made", "file": f"{i}.png", "rank": 0, "began": i * seconds_per_image,
+                   "time": (i + 1) * seconds_per_image} for i in range(8)]
+        return LaunchResult("x", processes, 0, 10.0, events, planned=8)
+
+    assert throughput_finding(launched(1, 1.0), launched(2, 0.6)).startswith("2 processes made images 1.67x")
+    assert throughput_finding(launched(1, 1.0), launched(2, 0.1)).startswith("Caution: no reading. 2 processes came")
+    assert throughput_finding(launched(2, 1.0), launched(2, 0.5)).startswith("No comparison")

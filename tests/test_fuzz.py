@@ -165,6 +165,9 @@ ENTRIES = [
     Entry("benchmark", _h("benchmark"), lambda: {"pipe": made("t2i"), "model": "tiny", "steps": 1, "size": 32,
                                                   "guidance_scale": 1.0, "runs": 1, "warmup": 0, "prompt": "p",
                                                   "progress": False}),
+    Entry("compare_times", _h("compare_times"), lambda: {"first": lambda: None, "second": lambda: None,
+                                                          "labels": ["a", "b"], "device": "cpu", "rounds": 2,
+                                                          "warmup": 0}),
     Entry("time_call", _h("time_call"), lambda: {"call": lambda: None, "device": "cpu", "warmup": 0, "runs": 2,
                                                   "progress": False}),
     Entry("flops_per_step", _h("flops_per_step"), lambda: {"model": "medium", "size": 256, "batch": 1,
@@ -246,6 +249,14 @@ def _plan():
     return make_plan("tiny", {**UNSEEDED, **SMALL}, {"seed": [0, 1]}, scratch())
 
 
+def _launched(processes: int):
+    from helpers.distributed import LaunchResult
+
+    events = [{"event": "made", "file": f"{index}.png", "rank": index % processes, "began": index / processes,
+               "time": index / processes + 1.0} for index in range(4)]
+    return LaunchResult("test", processes, 0, 5.0, events, planned=4)
+
+
 def _embeddings():
     return made("t2i").encode_prompt("a", None, None, max_sequence_length=16)[0]
 
@@ -282,6 +293,8 @@ MODULE_ENTRIES = [  # what the notebooks import from the modules themselves
     Entry("distributed.folder_report", _from("distributed", "folder_report"), lambda: {"plan": _plan()}),
     Entry("distributed.per_gpu_rows", _from("distributed", "per_gpu_rows"),
           lambda: {"models": ["medium"], "machine": "sagemaker-g5-12xlarge"}),
+    Entry("distributed.throughput_finding", _from("distributed", "throughput_finding"),
+          lambda: {"one": _launched(1), "many": _launched(2)}),
     Entry("distributed.shown_command", _from("distributed", "shown_command"), lambda: {"command": ["a", "b c"]}),
     Entry("world.scene", _from("world", "scene"), lambda: {"seed": 3}),
 ]

@@ -89,6 +89,7 @@ _EXPORTS = {
     "save_image": "images",
     "read_metadata": "images",
     "image_grid": "images",
+    "enlarged": "images",
     "Table": "display",
     "judge": "world",
     "adherence": "evaluation",

@@ -30,6 +30,7 @@ from helpers.checks import (
     picture,
     shown,
     text,
+    whole,
 )
 
 OUTPUT_VARIABLE = "SD35_OUTPUT_DIR"
@@ -215,6 +216,17 @@ def unshown_subplots(*args: Any, **kwargs: Any):
     figure, axes = plt.subplots(*args, **kwargs)
     plt.close(figure)
     return figure, axes
+
+
+@checked(image=picture, at_least=whole(16, 2048))
+def enlarged(image: Image.Image, at_least: int = 256) -> Image.Image:
+    """`image` shown at least `at_least` pixels on its longer side: a small picture (the toy's are 64 px) is scaled
+    by a whole factor without smoothing, so each pixel stays a sharp square; a larger one is returned as it is.
+    A copy for display: the picture itself is not changed."""
+    factor = -(-at_least // max(image.size))  # ceiling division
+    if factor <= 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
 MAX_GRID = 400

@@ -85,3 +85,16 @@ def test_grid_label_count_mismatch_is_explained():
         image_grid([picture(), picture()], column_labels=["only one"])
     with pytest.raises(ValueError, match="images is empty"):
         image_grid([])
+
+
+def test_a_small_picture_is_enlarged_pixel_for_pixel_and_a_large_one_left_alone():
+    import numpy as np
+
+    from helpers.images import enlarged
+
+    small = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
+    shown = enlarged(small)
+    assert shown.size == (256, 256) and small.size == (64, 64)
+    assert np.array_equal(np.asarray(shown)[::4, ::4], np.asarray(small))  # each pixel a 4x4 square, no smoothing
+    large = Image.new("RGB", (1024, 768))
+    assert enlarged(large) is large

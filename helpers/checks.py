@@ -152,12 +152,11 @@ def check_output_file(path: Path, name: str, suffix: str | None = None,
     to, and it is not a folder. With `suffix`, a path without one gets it (the path returned is the one written).
     With `ours`, an existing file is replaced only if `ours(path)` says this command wrote it."""
     path = check_path(path, name)
-    candidate = path.with_suffix(suffix) if suffix and not path.suffix else path
-    if ours is not None and candidate.is_file() and not ours(candidate):
-        raise ValueError(f"{name} {str(candidate)!r} exists and was not written by this command: it is left as it "
-                         "is. Choose another name, or move that file away.")
     if suffix and not path.suffix:
         path = path.with_suffix(suffix)
+    if ours is not None and path.is_file() and not ours(path):
+        raise ValueError(f"{name} {str(path)!r} exists and was not written by this command: it is left as it "
+                         "is. Choose another name, or move that file away.")
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

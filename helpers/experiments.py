@@ -444,8 +444,8 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     combinations = sweep_combinations(fixed, vary)
-    for combination in combinations:
-        check_for_pipeline(pipe, check_settings({**fixed, **combination}))
+    for combination in combinations:  # each checked by sweep_combinations; now against this pipeline
+        check_for_pipeline(pipe, {**fixed, **combination})
     folder = folder if folder is not None else default_folder("sweeps")
     _remove_stale_staging(folder)
     start = time.perf_counter()

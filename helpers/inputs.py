@@ -97,14 +97,14 @@ def load_image(source: str | Path | bytes | Image.Image, *, name: str = "image")
     A photo whose EXIF data says the camera was turned is turned upright, as viewers show it."""
     if isinstance(source, Image.Image):
         image = source
-    elif isinstance(source, (bytes, bytearray)):
+    elif isinstance(source, bytes):  # the door has made a bytearray bytes
         try:
             image = _opened(io.BytesIO(source), name, f"these {len(source)} bytes")
         except (UnidentifiedImageError, OSError):
             raise ValueError(f"{name}: these {len(source)} bytes are not an image PIL can read; "
                              "pass PNG or JPEG data.") from None
-    elif isinstance(source, (str, Path)):
-        path = Path(source).expanduser()
+    else:  # a Path: the door has checked it
+        path = source.expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"{name}={str(source)!r}: no such file. Check the path (relative to the "
                                     f"notebook's folder, {Path.cwd()}).")
@@ -112,8 +112,6 @@ def load_image(source: str | Path | bytes | Image.Image, *, name: str = "image")
             image = _opened(path, name, f"the file {str(source)!r}")
         except (UnidentifiedImageError, OSError):
             raise ValueError(f"{name}={str(source)!r} is not an image file PIL can read; use a PNG or JPEG.") from None
-    else:
-        raise TypeError(f"{name} must be a path, bytes or a PIL image, not {type(source).__name__}.")
     _check_pixel_count(image, name)
     return _upright(image)
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import cache
 
 from helpers.architecture import stored_tensors
-from helpers.checks import check_side, checked, flag, function, one_of, optional, shown, side
+from helpers.checks import check_max_sequence_length, checked, flag, function, one_of, optional, shown, side
 from helpers.machines import MACHINES, Machine, get_machine, machine_rule
 from helpers.models import full_size_model, get_model
 
@@ -201,6 +201,8 @@ def im2col_bytes(size: int, bytes_per_value: int = 2) -> int:
     return largest[0] * bytes_per_value
 
 
+@checked(model=full_size_model, size=side, max_sequence_length=check_max_sequence_length,
+         attention=one_of(*ATTENTION_KINDS), convolutions=one_of(*CONVOLUTION_KINDS))
 def activations(model: str, size: int = 1024, max_sequence_length: int = 256, attention: str = "fused",
                 convolutions: str = "cudnn") -> Activations:
     """Estimate each stage's live activations from tensor shapes.
@@ -218,11 +220,6 @@ def activations(model: str, size: int = 1024, max_sequence_length: int = 256, at
     from helpers.architecture import reference_config
     from helpers.attention import QUERY_CHUNK
 
-    if attention not in ATTENTION_KINDS:
-        raise ValueError(f"attention={shown(attention)} is not an attention kind. Use one of: {', '.join(ATTENTION_KINDS)}.")
-    if convolutions not in CONVOLUTION_KINDS:
-        raise ValueError(f"convolutions={shown(convolutions)} is not a convolution kind. Use one of: "
-                         f"{', '.join(CONVOLUTION_KINDS)}.")
     spec = get_model(model)
     transformer = reference_config(spec.transformer_config)
     t5 = reference_config("text_encoder_3-t5xxl")
@@ -296,9 +293,7 @@ def weights(model: str, strategy: Strategy, dtype: str = "bfloat16") -> dict[str
     `wo` layers load in float32, as transformers does it."""
     from helpers.architecture import COMPONENTS
 
-    storage = STORAGE_OF_DTYPE.get(dtype)
-    if storage is None:
-        raise ValueError(f"dtype={shown(dtype)} is not a dtype. Use one of: {', '.join(STORAGE_OF_DTYPE)}.")
+    storage = STORAGE_OF_DTYPE[dtype]
     chosen = {"transformer": strategy.quantize, "text_encoder_3": {"keep": None}.get(strategy.t5, strategy.t5)}
     sizes = {}
     for part in COMPONENTS:
@@ -348,8 +343,8 @@ def _buffer_bytes(model: str) -> int:
 
 
 
-@checked(model=full_size_model, strategy=strategy_rule, size=side, attention=one_of("fused", "bounded", "math"),
-         dtype=DTYPE, convolutions=one_of("cudnn", "im2col"))
+@checked(model=full_size_model, strategy=strategy_rule, size=side, attention=one_of(*ATTENTION_KINDS),
+         dtype=DTYPE, convolutions=one_of(*CONVOLUTION_KINDS))
 def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: str = "fused",
              dtype: str = "bfloat16", convolutions: str = "cudnn") -> Estimate:
     """Estimated peak GPU memory and host memory of `model` loaded with `strategy` (a name in STRATEGIES) at
@@ -358,18 +353,12 @@ def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: 
     `convolutions`: 'cudnn' or 'im2col' (bf16 below compute capability 8.0). `estimate_on` takes both from a
     machine."""
     spec = get_model(model)
-    if spec.is_stand_in:
-        raise ValueError(f"model={spec.name!r} is an offline model; estimate a full-size model: large, large-turbo or "
-                         "medium.")
     if isinstance(strategy, str):
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy={shown(strategy)} is not a strategy. Use one of: {', '.join(STRATEGIES)}.")
         name, strategy = strategy, STRATEGIES[strategy]
     else:
         name = strategy_named({"quantize": strategy.quantize, "t5": strategy.t5, "offload": strategy.offload}) or "custom"
     if strategy.offload not in OFFLOAD_MODES:
         raise ValueError(f"offload={strategy.offload!r} is not an offload mode: {', '.join(map(str, OFFLOAD_MODES))}.")
-    check_side("size", size)
     act = activations(spec.name, size, attention=attention, convolutions=convolutions)
     w = weights(spec.name, strategy, dtype)
     text = [part for part in ("text_encoder", "text_encoder_2", "text_encoder_3") if w[part]]

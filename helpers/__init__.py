@@ -56,6 +56,7 @@ _EXPORTS = {
     "estimate_on": "memory",
     "RESERVE_GB": "memory",
     "count_4bit_layers": "quantization",
+    "quantize_linear_layers_nf4": "quantization",
     "footprint_bytes": "quantization",
     "unquantized_bytes": "quantization",
     "benchmark": "bench",

@@ -38,14 +38,20 @@ _requested: dict[tuple, Route] = {}
 def _pipeline_class(task: str):
     if task not in TASKS:
         raise ValueError(f"task={shown(task)} is not a task of this series. Use one of: {', '.join(TASKS)}.")
+    quiet_irrelevant_notices()
+    import diffusers
+
+    return getattr(diffusers, TASKS[task])
+
+
+def quiet_irrelevant_notices() -> None:
+    """Hide the library notices that never apply to SD3.5 (below), wherever a pipeline is loaded: `setup()` calls
+    this, so a notebook's own `from_pretrained` cells are as quiet as `load_pipeline`."""
     for name in ("transformers.utils.import_utils", "diffusers.models.modeling_utils",
                  "diffusers.pipelines.pipeline_utils"):
         notices = logging.getLogger(name)
         if _without_irrelevant_notices not in notices.filters:
             notices.addFilter(_without_irrelevant_notices)
-    import diffusers
-
-    return getattr(diffusers, TASKS[task])
 
 
 def _without_irrelevant_notices(record: logging.LogRecord) -> bool:
@@ -209,6 +215,15 @@ def _weights_source(spec: ModelSpec) -> tuple[object, object]:
     token = require_token(spec.hub_id)
     check_access(spec.hub_id, token)
     return spec.hub_id, token
+
+
+@checked(model=model_spec)
+def weights_location(model: str | ModelSpec) -> str:
+    """What to pass to diffusers' `from_pretrained` for `model`: its hub repository (after the token and licence
+    checks load_pipeline makes, so a missing one stops with the steps to fix it; `from_pretrained` then finds the
+    token itself), or the folder of an offline model (the toy's checked file by file)."""
+    source, _token = _weights_source(get_model(model))
+    return str(source)
 
 
 def check_can_load(model: str | ModelSpec) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 
 from helpers.architecture import stored_tensors
-from helpers.checks import checked
+from helpers.checks import checked, listed, text
 from helpers.checks import module as module_rule
 
 
@@ -31,6 +31,16 @@ def transformers_config(storage: str, compute_dtype):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def _dtype(value: object, name: str):
+    from helpers.routes import dtype_rule
+
+    dtype_rule(value, name)
+    import torch
+
+    return getattr(torch, value) if isinstance(value, str) else value
+
+
+@checked(module=module_rule, compute_dtype=_dtype, skip=lambda value, name: tuple(listed(text, 0)(value, name)))
 def quantize_linear_layers_nf4(module, compute_dtype, skip: tuple[str, ...] = ()):
     """Replace every `nn.Linear` inside `module` (but those whose names end with one of `skip`) by a bitsandbytes
     NF4 `Linear4bit`, quantized where it lies.

@@ -198,7 +198,7 @@ def check_device(device: object) -> str:
     return text
 
 
-def _dtype_name(dtype) -> str | None:
+def _dtype_name(dtype, name: str = "dtype") -> str | None:
     import torch
 
     if dtype is None:
@@ -208,8 +208,9 @@ def _dtype_name(dtype) -> str | None:
         return dtype
     if isinstance(dtype, torch.dtype) and dtype in names:
         return names[dtype]
-    raise ValueError(f"dtype={shown(dtype)} is not a dtype of this series. Use torch.bfloat16, torch.float16 or "
-                     "torch.float32 (or leave it out: the machine's own).")
+    default = " (or leave it out: the machine's own)" if name == "dtype" else ""
+    raise ValueError(f"{name}={shown(dtype)} is not a dtype of this series. Use torch.bfloat16, torch.float16 or "
+                     f"torch.float32{default}.")
 
 
 def option(value: object, name: str) -> object:
@@ -229,7 +230,7 @@ def device_rule(value: object, name: str = "device") -> str:
 
 def dtype_rule(value: object, name: str = "dtype"):
     """torch.bfloat16, torch.float16 or torch.float32 (or their names): a rule for `helpers.checks`."""
-    _dtype_name(value)
+    _dtype_name(value, name)
     return value
 
 

@@ -64,6 +64,15 @@ class Session:
         or, where the stand-in runs, the model the notebook is about."""
         return self.model if not self.model.is_stand_in else self.about[0]
 
+    @property
+    def repository(self) -> str:
+        """Where `from_pretrained` loads the model that runs from: its hub repository, such as
+        'stabilityai/stable-diffusion-3.5-large' (your token and licence checked first), or the offline model's
+        folder."""
+        from helpers.loading import weights_location
+
+        return weights_location(self.model)
+
     def pick(self, *, sd35: T, toy: T) -> T:
         """The SD3.5 version of an experiment, or its toy-world counterpart where an offline model runs.
 
@@ -246,6 +255,9 @@ def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool 
             f"(accept the licence at {gated[0].page_url}, then set HF_TOKEN or run notebook_login())."
         )
 
+    from helpers.loading import quiet_irrelevant_notices
+
+    quiet_irrelevant_notices()
     random.seed(seed)
     numpy.random.seed(seed)
     torch.manual_seed(seed)

@@ -117,6 +117,12 @@ class Entry:
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
+def _linear():
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(64, 64))
+
+
 def _h(name: str) -> Callable[..., Any]:
     return getattr(helpers, name)
 
@@ -160,6 +166,8 @@ ENTRIES = [
     Entry("measure_peak_gb", _h("measure_peak_gb"), lambda: {"function": lambda: 1}),
     Entry("weights", _h("weights"), lambda: {"model": "large", "strategy": "gpu", "dtype": "float16"}),
     Entry("count_4bit_layers", _h("count_4bit_layers"), lambda: {"module": made("t2i").transformer}),
+    Entry("quantize_linear_layers_nf4", _h("quantize_linear_layers_nf4"),
+          lambda: {"module": _linear(), "compute_dtype": "float32", "skip": ()}),
     Entry("footprint_bytes", _h("footprint_bytes"), lambda: {"module": made("t2i").vae}),
     Entry("unquantized_bytes", _h("unquantized_bytes"), lambda: {"module": made("t2i").vae}),
     Entry("benchmark", _h("benchmark"), lambda: {"pipe": made("t2i"), "model": "tiny", "steps": 1, "size": 32,

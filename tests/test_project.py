@@ -108,7 +108,8 @@ def test_notebook_follows_the_series_anatomy(notebook):
     headings = [line for cell in text for line in cell.splitlines() if line.startswith("## ")]
     for required in ("## What you will learn", "## Before you start", "## Setup", "## Summary", "## Exercises"):
         assert required in headings, required
-    setup_cells = [i for i, cell in enumerate(cells) if cell["cell_type"] == "code" and "setup(" in text[i]]
+    setup_cells = [i for i, cell in enumerate(cells)
+                   if cell["cell_type"] == "code" and re.search(r"^run = setup\(", text[i], re.MULTILINE)]
     assert len(setup_cells) == 1 and text[setup_cells[0] - 1].strip() == "## Setup"
     assert text[-1].startswith("## Next")
     position = NOTEBOOKS.index(notebook)

@@ -64,6 +64,8 @@ _EXPORTS = {
     "compare_times": "bench",
     "flops_per_step": "bench",
     "plot_results": "bench",
+    "measured_case": "measured",
+    "measured_cases": "measured",
     "fuse_qkv_projections": "bench",
     "unfuse_qkv_projections": "bench",
     "H100_DENSE_BF16_TFLOPS": "bench",

@@ -3,7 +3,7 @@ GPUs older than Ampere (notebook 02).
 
 On a T4 or V100, PyTorch's fused attention kernels do not take bf16 (its memory-efficient kernel takes float16 and
 float32 there), so attention in bf16 falls back to PyTorch's math kernel, which stores every attention score in float32: measured on an H100 with that kernel forced, 6.3 GB more
-than fused attention for SD3.5 Medium at 1024x1024 and 11.4 GB more for Large (benchmarks/gpu_check/). Attending
+than fused attention for SD3.5 Medium at 1024x1024 and 11.4 GB more for Large (helpers/gpu_runs/). Attending
 `QUERY_CHUNK` queries at a time stores the scores of one chunk only. Each query's softmax is its own, so the result
 is the same as one call.
 """

@@ -465,7 +465,7 @@ def load_for_bench(args: argparse.Namespace):
     if args.compile and args.offload:
         raise ValueError(f"--compile cannot be combined with --offload {args.offload}: the offload hooks move weights "
                          "between CPU and GPU inside the forward pass, which torch.compile(fullgraph=True) refuses to "
-                         "trace (measured on an H100, benchmarks/gpu_check/). Time one or the other.")
+                         "trace (measured on an H100, helpers/gpu_runs/). Time one or the other.")
     if args.fuse_qkv and fuse_refusal(args.quantize, args.offload):
         raise ValueError(f"--fuse-qkv cannot be used here: {fuse_refusal(args.quantize, args.offload)}. Time one or "
                          "the other.")

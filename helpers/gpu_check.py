@@ -486,7 +486,7 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     info: dict[str, Any] = {
-        "python": platform.python_version(), "versions": versions, "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()), "python": platform.python_version(), "versions": versions, "cpus": os.cpu_count(),
         "host_memory_gb": round(psutil.virtual_memory().total / 1e9, 1), "cuda": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():

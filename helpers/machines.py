@@ -110,7 +110,7 @@ MACHINES: dict[str, Machine] = {
         Machine("sagemaker-p4d", "SageMaker ml.p4d.24xlarge", "NVIDIA A100", (8, 0), 40, 1236.9, gpus=8,
                 tensor_tflops=312, source=_AWS + ": 8 GPUs, 1152 GiB"),
         Machine("h100", "one H100 (the GPU check's machine)", "NVIDIA H100 80GB HBM3", (9, 0), 80, 135.1,
-                tensor_tflops=989, source="measured by python -m helpers.gpu_check (benchmarks/gpu_check/h100-run1.json)"),
+                tensor_tflops=989, source="measured by python -m helpers.gpu_check (helpers/gpu_runs/h100-run1.json)"),
     )
 }
 """The machines readers use. The memory figures decide routes; each has its source. Throughput: NVIDIA's datasheets

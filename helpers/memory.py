@@ -4,7 +4,7 @@ Introduced in notebook 02. Machines come from helpers.machines; the estimates fo
 in (bf16, or float16 below compute capability 8.0) and the kernels it has for it. Weight sizes are exact: every tensor of the full-size models is counted on the `meta`
 device, and the bytes of each storage format follow bitsandbytes' layouts. Working memory is estimated from tensor
 shapes, with the two terms that dominate it (the VAE decode, and attention on GPUs without fused bf16 kernels)
-calibrated on an H100 by `python -m helpers.gpu_check` (benchmarks/gpu_check/). GPU figures estimate
+calibrated on an H100 by `python -m helpers.gpu_check` (helpers/gpu_runs/). GPU figures estimate
 `torch.cuda.max_memory_allocated()`: what nvidia-smi shows adds the CUDA context on top. Host figures estimate the
 Python process's largest resident memory (RSS), which CPU offload fills with the weights it keeps there.
 
@@ -49,14 +49,14 @@ HOST_RESERVE_GB = 1.0
 
 VAE_DECODE_BYTES_PER_PIXEL = 2_480
 """Working memory of the VAE decode per output pixel (bf16, one image): 2.60 GB at 1024x1024, measured on an H100
-as the peak minus the weights on the GPU, the same for Medium and Large (benchmarks/gpu_check/h100-run1.json)."""
+as the peak minus the weights on the GPU, the same for Medium and Large (helpers/gpu_runs/h100-run1.json)."""
 MATH_ATTENTION_BYTES_PER_SCORE = 9
 """Extra working memory per attention score (batch x heads x tokens x tokens) when PyTorch runs attention with its
 math kernel, as it does for bf16 on GPUs without fused bf16 kernels (T4, V100): 8.95 bytes for Medium and 8.99 for
 Large at 1024x1024, measured on an H100 with the math kernel forced. It computes in float32."""
 HOST_BASE_GB = 2.1
 """Resident memory of a process that has imported torch and diffusers and started CUDA, weights aside: 2.1 GB
-measured on the H100 machine (benchmarks/gpu_check/)."""
+measured on the H100 machine (helpers/gpu_runs/)."""
 HOST_COPIES = {"none": 0.0, "embeddings-once": 0.0, "model": 1.26, "sequential": 1.03, "group": 1.43}
 """Host memory per byte of weights kept in CPU memory, by offload: measured on the H100 machine (Medium with model,
 sequential and group offload, NF4 Large with model offload). Model offload copies each part back to fresh CPU memory

@@ -31,9 +31,11 @@ def test_the_installed_helpers_import_quietly_from_the_wheel(installed, tmp_path
 
 
 def test_the_installed_helpers_have_what_the_notebooks_read(installed, tmp_path):
-    code = ("from helpers import sample; from helpers.images import output_dir; from helpers.loading import "
-            "toy_model_dir; print(output_dir()); print(toy_model_dir()); print(sample('scene').size)")
-    outputs, toy, size = run_installed(code, installed, tmp_path).stdout.splitlines()
+    code = ("from helpers import measured_cases, sample; from helpers.images import output_dir; from helpers.loading "
+            "import toy_model_dir; print(output_dir()); print(toy_model_dir()); print(sample('scene').size); "
+            "print(measured_cases()[0].gpu)")
+    outputs, toy, size, gpu = run_installed(code, installed, tmp_path).stdout.splitlines()
+    assert gpu.startswith("NVIDIA H100")  # notebook 03's measured table ships in the package
     assert Path(outputs) == tmp_path / "outputs"  # pictures go to the working folder, as on Colab
     assert Path(toy).is_relative_to(installed)
     assert size == str(DRAWINGS["scene"]().size)

@@ -180,6 +180,8 @@ ENTRIES = [
                                                   "progress": False}),
     Entry("flops_per_step", _h("flops_per_step"), lambda: {"model": "medium", "size": 256, "batch": 1,
                                                             "max_sequence_length": 77}),
+    Entry("measured_cases", _h("measured_cases"), dict),
+    Entry("measured_case", _h("measured_case"), lambda: {"check": "large", "case": "bf16 on the GPU"}),
     Entry("plot_results", _h("plot_results"), lambda: {"results": [bench_result()], "labels": ["one"]}),
     Entry("fuse_qkv_projections", _h("fuse_qkv_projections"), lambda: {"transformer": None}),
     Entry("unfuse_qkv_projections", _h("unfuse_qkv_projections"), lambda: {"transformer": None}),

@@ -1,7 +1,6 @@
 """NF4 and 8-bit loading on the stand-in, and the memory estimates checked against real bitsandbytes layers."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,7 +162,7 @@ def test_memory_command_rejects_bad_input(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-# What `python -m helpers.gpu_check` measured on an H100 (benchmarks/gpu_check/), and the estimate each case is
+# What `python -m helpers.gpu_check` measured on an H100 (helpers/gpu_runs/), and the estimate each case is
 # compared with: (check, case) -> (model, strategy, attention).
 MEASURED = {
     ("medium", "bf16 on the GPU"): ("medium", "gpu", "fused"),
@@ -181,8 +180,11 @@ MEASURED = {
 
 
 def measured_cases():
-    folder = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check"
-    for path in sorted(folder.glob("*.json")):
+    from helpers.measured import DATES, RUNS_DIR
+
+    for path in sorted(RUNS_DIR.glob("*.json")):
+        if path.name == DATES:
+            continue
         for check in json.loads(path.read_text())["checks"]:
             for case in check["cases"]:
                 if "estimate_strategy" in case:

@@ -227,7 +227,7 @@ def test_setup_says_when_pytorch_cannot_use_the_machines_gpu(monkeypatch, capsys
 
 def test_deleting_a_pipeline_that_has_run_frees_it():
     """Notebooks switch models with `del pipe`: nothing else may keep the pipeline or its parts alive (on an H100,
-    benchmarks/gpu_check/ measured a Medium pipeline's 17.5 GB freed by `del pipe` alone)."""
+    helpers/gpu_runs/ measured a Medium pipeline's 17.5 GB freed by `del pipe` alone)."""
     import gc
     import weakref
 

@@ -43,6 +43,7 @@ from helpers.checks import (
     whole,
     write_output_file,
 )
+from helpers.experiments import sign_test_p
 from helpers.models import MODELS, full_size_model, get_model, model_name
 
 MAX_RUNS = 1000
@@ -190,14 +191,6 @@ def time_call(call: Callable[[], Any], *, device: str, warmup: int = 1, runs: in
     if on_gpu:
         return seconds, torch.cuda.max_memory_allocated() / 1e9, "GPU allocated"
     return seconds, rss.peak / 1e9, "process RSS"
-
-
-def sign_test_p(agree: int, total: int) -> float:
-    """Two-sided exact sign test: the chance of a split at least this uneven if each way were equally likely."""
-    from math import comb
-
-    extreme = max(agree, total - agree)
-    return min(1.0, 2 * sum(comb(total, k) for k in range(extreme, total + 1)) / 2**total)
 
 
 @dataclass

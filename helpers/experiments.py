@@ -48,6 +48,7 @@ from helpers.checks import (
     pipeline,
     shown,
     text,
+    whole,
 )
 from helpers.images import STAGING_PREFIX, default_folder, image_grid, read_metadata, write_png
 from helpers.models import model_name
@@ -383,20 +384,26 @@ class Sweep:
         """Every image whose settings equal `match`, in sweep order."""
         return [Image.open(path).copy() for path in self._matching(match)]
 
-    @checked(rows=text, columns=text, title=optional(text), label=function)
-    def figure(self, rows: str, columns: str, title: str | None = None, label=str):
-        """A grid: one row per value of `rows`, one column per value of `columns` (the others must be single)."""
+    @checked(rows=text, columns=text, title=optional(text), label=function, first=optional(whole(1, MAX_COUNT)),
+             names=optional(listed(text)))
+    def figure(self, rows: str, columns: str, title: str | None = None, label=str, first: int | None = None,
+               names: Sequence[str] | None = None):
+        """A grid: one row per value of `rows`, one column per value of `columns` (the others must be single); only
+        the `first` columns where given, and `names` as the rows' labels in place of 'setting = value'."""
         for name in (rows, columns):
             if name not in self.vary:
                 raise ValueError(f"{shown(name)} is not varied in this sweep; choose from: {', '.join(self.vary)}.")
         others = {name: values for name, values in self.vary.items() if name not in (rows, columns)}
         if any(len(values) > 1 for values in others.values()):
             raise ValueError(f"the grid shows {rows} x {columns}; fix the other varied settings: {', '.join(others)}.")
-        grid = [[self.image(**{rows: r, columns: c}) for c in self.vary[columns]] for r in self.vary[rows]]
+        shown_columns = self.vary[columns][:first]
+        if names is not None and len(names) != len(self.vary[rows]):
+            raise ValueError(f"names has {len(names)} labels for {len(self.vary[rows])} rows: give one per row.")
+        grid = [[self.image(**{rows: r, columns: c}) for c in shown_columns] for r in self.vary[rows]]
         return image_grid(
             grid,
-            row_labels=[f"{rows} =\n{label(value)}" for value in self.vary[rows]],
-            column_labels=[f"{columns} = {label(value)}" for value in self.vary[columns]],
+            row_labels=list(names) if names else [f"{rows} =\n{label(value)}" for value in self.vary[rows]],
+            column_labels=[f"{columns} = {label(value)}" for value in shown_columns],
             title=title,
         )
 
@@ -604,18 +611,75 @@ def mean_saturation(image: Image.Image) -> float:
     return float(np.asarray(image.convert("RGB").convert("HSV"), dtype=float)[..., 1].mean() / 255.0)
 
 
-@checked(before=listed(number()), after=listed(number()))
-def paired_change(before: Sequence[float], after: Sequence[float]) -> str:
-    """How a measurement changed seed by seed: 'lower in 12, higher in 1, same in 3 of 16 seeds; mean change -0.62'.
+def sign_test_p(agree: int, total: int) -> float:
+    """Two-sided exact sign test: the chance of a split at least this uneven if each way were equally likely."""
+    from math import comb
+
+    if total == 0:
+        return 1.0
+    extreme = max(agree, total - agree)
+    return min(1.0, 2 * sum(comb(total, k) for k in range(extreme, total + 1)) / 2**total)
+
+
+EVIDENCE = 0.05
+"""The sign test's p below which a paired change is reported as one: at or above it, 'no evidence either way'."""
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """How a measurement changed seed by seed (pairs from the same seed), with an exact two-sided sign test on the
+    seeds that changed by more than `tolerance`."""
+
+    lower: int
+    higher: int
+    same: int
+    mean_change: float
+    tolerance: float
+
+    @property
+    def pairs(self) -> int:
+        return self.lower + self.higher + self.same
+
+    @property
+    def p(self) -> float:
+        return sign_test_p(self.lower, self.lower + self.higher)
+
+    @property
+    def direction(self) -> str | None:
+        """'lower' or 'higher' where the sign test finds it (p < EVIDENCE); None when the seeds cannot tell."""
+        if self.p >= EVIDENCE:
+            return None
+        return "lower" if self.lower > self.higher else "higher"
+
+    def __str__(self) -> str:
+        same = "same" if self.tolerance == 0 else f"within {self.tolerance:g}"
+        return (f"lower in {self.lower}, higher in {self.higher}, {same} in {self.same} of {self.pairs} seeds; mean "
+                f"change {self.mean_change:+.3f}; sign test p = {self.p:.2g}")
+
+    def finding(self, measure: str) -> str:
+        """A sentence for `measure` ('the green share') that says only what the sign test supports."""
+        counts = f"lower in {self.lower}, higher in {self.higher} of {self.pairs} seeds, sign test p = {self.p:.2g}"
+        if self.direction is None:
+            changed = self.lower + self.higher
+            why = (" (no seed changed)" if changed == 0 else
+                   f" (only {changed} seeds changed: too few to tell)" if sign_test_p(changed, changed) >= EVIDENCE
+                   else "")
+            return f"no evidence that {measure} differs, either way{why} ({counts})."
+        return f"{measure} was {self.direction}, seed by seed ({counts})."
+
+
+@checked(before=listed(number()), after=listed(number()), tolerance=number(0))
+def paired_change(before: Sequence[float], after: Sequence[float], tolerance: float = 0.0) -> PairedChange:
+    """How a measurement changed seed by seed: 'lower in 12, higher in 1, same in 3 of 16 seeds; mean change -0.62;
+    sign test p = 0.0034'. A change of at most `tolerance` counts as the same (for continuous measures).
 
     `before[i]` and `after[i]` must come from the same seed: a paired comparison, which a spread over seeds is not.
     """
     if len(before) != len(after):
         raise ValueError(f"before has {len(before)} values and after {len(after)}: give one pair per seed.")
     changes = [b - a for a, b in zip(before, after, strict=True)]
-    lower, higher = sum(c < 0 for c in changes), sum(c > 0 for c in changes)
-    return (f"lower in {lower}, higher in {higher}, same in {len(changes) - lower - higher} of {len(changes)} seeds; "
-            f"mean change {sum(changes) / len(changes):+.3f}")
+    lower, higher = sum(c < -tolerance for c in changes), sum(c > tolerance for c in changes)
+    return PairedChange(lower, higher, len(changes) - lower - higher, sum(changes) / len(changes), tolerance)
 
 
 @checked(values=listed(number()))

@@ -135,7 +135,8 @@ def test_bench_leaves_a_shared_pipeline_as_it_found_it(capsys):
 
 
 def test_interleaved_timing_reads_a_ratio_only_where_the_rounds_agree():
-    from helpers.bench import Comparison, compare_times, sign_test_p
+    from helpers.bench import Comparison, compare_times
+    from helpers.experiments import sign_test_p
 
     assert sign_test_p(6, 6) == sign_test_p(0, 6) == 2 / 64 and sign_test_p(3, 6) == 1.0
     steady = Comparison(("one", "two"), ([1.0] * 6, [1.2, 1.1, 1.3, 1.2, 1.15, 1.25]))

@@ -301,3 +301,27 @@ def test_numpy_numbers_are_settings_like_python_numbers_and_equal_values_share_a
         same = run_sweep(pipe, "tiny", {**FIXED, "guidance_scale": 4.0, "negative_prompt": negative}, {"seed": [0]},
                          folder=tmp_path, progress=False)
         assert (same.generated, same.entries[0][1]) == (0, first.entries[0][1])
+
+
+def test_a_paired_change_is_reported_only_where_the_sign_test_finds_it():
+    from helpers.experiments import paired_change, sign_test_p
+
+    assert sign_test_p(8, 8) == 2 / 256 and sign_test_p(0, 0) == 1.0
+    clear = paired_change([1.0] * 8 + [0.0] * 2, [0.0] * 10)  # 8 of 10 seeds lost it, 2 had nothing to lose
+    assert (clear.lower, clear.higher, clear.same, clear.direction) == (8, 0, 2, "lower")
+    assert clear.finding("the green share").startswith("the green share was lower, seed by seed (lower in 8, higher in 0 of 10")
+    assert "p = 0.0078" in str(clear)
+    unclear = paired_change([1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0])  # 2 lower, 1 higher: p = 1
+    assert unclear.direction is None and unclear.p == 1.0
+    assert unclear.finding("the green share").startswith("no evidence that the green share differs, either way")
+    too_few = paired_change([1.0] * 4, [0.0] * 4)  # every changed seed one way, but 4 cannot reach p < 0.05
+    assert too_few.direction is None and "too few to tell" in too_few.finding("it")
+
+
+def test_a_paired_change_within_the_tolerance_counts_as_the_same():
+    from helpers.experiments import paired_change
+
+    change = paired_change([10.0, 10.0, 10.0], [10.04, 9.97, 12.0], tolerance=0.05)
+    assert (change.lower, change.higher, change.same) == (0, 1, 2) and "within 0.05 in 2 of 3 seeds" in str(change)
+    with pytest.raises(ValueError, match="tolerance=-1"):
+        paired_change([1.0], [2.0], tolerance=-1)

@@ -42,6 +42,7 @@ from helpers.checks import (
     is_whole,
     listed,
     number,
+    one_of,
     optional,
     output_folder,
     picture,
@@ -605,7 +606,8 @@ def region_difference(first: Image.Image, second: Image.Image, mask: Image.Image
 
 @checked(image=picture)
 def mean_saturation(image: Image.Image) -> float:
-    """Mean colour saturation (HSV, 0 grey to 1 pure colour): high guidance scales push it up."""
+    """Mean colour saturation (HSV, 0 grey to 1 pure colour): a check of the claim that high guidance pushes colours
+    to extremes (notebook 05 measures whether it does)."""
     import numpy as np
 
     return float(np.asarray(image.convert("RGB").convert("HSV"), dtype=float)[..., 1].mean() / 255.0)
@@ -635,6 +637,8 @@ class PairedChange:
     same: int
     mean_change: float
     tolerance: float
+    unit: str = "seeds"
+    """What the pairs are: seeds, or prompts."""
 
     @property
     def pairs(self) -> int:
@@ -653,33 +657,36 @@ class PairedChange:
 
     def __str__(self) -> str:
         same = "same" if self.tolerance == 0 else f"within {self.tolerance:g}"
-        return (f"lower in {self.lower}, higher in {self.higher}, {same} in {self.same} of {self.pairs} seeds; mean "
+        return (f"lower in {self.lower}, higher in {self.higher}, {same} in {self.same} of {self.pairs} {self.unit}; mean "
                 f"change {self.mean_change:+.3f}; sign test p = {self.p:.2g}")
 
     def finding(self, measure: str) -> str:
         """A sentence for `measure` ('the green share') that says only what the sign test supports."""
-        counts = f"lower in {self.lower}, higher in {self.higher} of {self.pairs} seeds, sign test p = {self.p:.2g}"
+        counts = f"lower in {self.lower}, higher in {self.higher} of {self.pairs} {self.unit}, sign test p = {self.p:.2g}"
         if self.direction is None:
             changed = self.lower + self.higher
-            why = (" (no seed changed)" if changed == 0 else
-                   f" (only {changed} seeds changed: too few to tell)" if sign_test_p(changed, changed) >= EVIDENCE
-                   else "")
+            one = self.unit.removesuffix("s")
+            why = (f" (no {one} changed)" if changed == 0 else
+                   f" (only {changed} {one if changed == 1 else self.unit} changed: too few to tell)"
+                   if sign_test_p(changed, changed) >= EVIDENCE else "")
             return f"no evidence that {measure} differs, either way{why} ({counts})."
-        return f"{measure} was {self.direction}, seed by seed ({counts})."
+        return f"{measure} was {self.direction}, {self.unit.removesuffix('s')} by {self.unit.removesuffix('s')} ({counts})."
 
 
-@checked(before=listed(number()), after=listed(number()), tolerance=number(0))
-def paired_change(before: Sequence[float], after: Sequence[float], tolerance: float = 0.0) -> PairedChange:
+@checked(before=listed(number()), after=listed(number()), tolerance=number(0), unit=one_of("seeds", "prompts"))
+def paired_change(before: Sequence[float], after: Sequence[float], tolerance: float = 0.0,
+                  unit: str = "seeds") -> PairedChange:
     """How a measurement changed seed by seed: 'lower in 12, higher in 1, same in 3 of 16 seeds; mean change -0.62;
     sign test p = 0.0034'. A change of at most `tolerance` counts as the same (for continuous measures).
 
-    `before[i]` and `after[i]` must come from the same seed: a paired comparison, which a spread over seeds is not.
+    `before[i]` and `after[i]` must come from the same seed (or prompt, `unit='prompts'`): a paired comparison,
+    which a spread over seeds is not.
     """
     if len(before) != len(after):
         raise ValueError(f"before has {len(before)} values and after {len(after)}: give one pair per seed.")
     changes = [b - a for a, b in zip(before, after, strict=True)]
     lower, higher = sum(c < -tolerance for c in changes), sum(c > tolerance for c in changes)
-    return PairedChange(lower, higher, len(changes) - lower - higher, sum(changes) / len(changes), tolerance)
+    return PairedChange(lower, higher, len(changes) - lower - higher, sum(changes) / len(changes), tolerance, unit)
 
 
 @checked(values=listed(number()))

@@ -195,7 +195,7 @@ ENTRIES = [
                                                         "min_value": 0.2}),
     Entry("mean_difference", _h("mean_difference"), lambda: {"first": RGB, "second": RGB}),
     Entry("summarise", _h("summarise"), lambda: {"values": [1.0, 2.0]}),
-    Entry("paired_change", _h("paired_change"), lambda: {"before": [1.0, 2.0], "after": [2.0, 2.0], "tolerance": 0.1}),
+    Entry("paired_change", _h("paired_change"), lambda: {"before": [1.0, 2.0], "after": [2.0, 2.0], "tolerance": 0.1, "unit": "seeds"}),
     Entry("mean_saturation", _h("mean_saturation"), lambda: {"image": RGB}),
     Entry("region_difference", _h("region_difference"),
           lambda: {"first": RGB, "second": Image.new("RGB", (32, 32)), "mask": helpers.rectangle_mask(

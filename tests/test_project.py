@@ -210,7 +210,8 @@ def test_a_half_made_environment_is_completed_in_place(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["helpers.bench", "helpers.memory", "helpers.architecture", "helpers.gpu_check",
-                                    "helpers.evaluation", "helpers.training", "helpers.distributed", "helpers.inputs"])
+                                    "helpers.evaluation", "helpers.training", "helpers.distributed", "helpers.inputs",
+                                    "helpers.lead_pictures"])
 def test_every_command_line_answers_help_without_doing_anything(module, capsys):
     import importlib
 

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from queue import Empty
 
+import pytest
+
 POLL_SLICE_S = 1.0
 ROOT = Path(__file__).resolve().parent
 INSTALLED_KERNEL = "sd35-installed"
@@ -63,6 +65,36 @@ def _poll_kernel_messages_in_short_waits() -> None:
     AsyncZMQSocketChannel.get_msg = get_msg
 
 
+STDERR_RECORD = "SD35_STDERR_RECORD"
+RECORD_STDERR = """
+# Test kernels only (conftest.py): everything a notebook writes to stderr is also appended to a file, which
+# conftest checks after each notebook against EXPLAINED_STDERR.
+import os as _os
+import sys as _sys
+
+
+def _record_stderr():
+    path, stream = _os.environ.get("SD35_STDERR_RECORD"), _sys.stderr
+    if not path:
+        return
+    write = stream.write
+
+    def recorded(text):
+        with open(path, "a", encoding="utf-8") as record:
+            record.write(text)
+        return write(text)
+
+    stream.write = recorded
+
+
+_record_stderr()
+"""
+_stderr_record: Path | None = None
+EXPLAINED_STDERR: dict[str, str] = {}
+"""Text a notebook may write to stderr (a regular expression) -> why a reader sees it. Anything else fails the
+notebook's test: a reader should never see red text they did not cause."""
+
+
 def install_wheel(scratch: Path) -> Path:
     """The helpers as `pip install git+...` leaves them: a built wheel, installed into scratch/installed."""
     wheels, site = scratch / "wheel", scratch / "installed"
@@ -78,11 +110,42 @@ def _installed_helpers_kernel(scratch: Path) -> str:
     with no repository beside them. Notebooks run in it, so anything the package fails to ship fails the tests."""
     site, kernels = install_wheel(scratch), scratch / "jupyter" / "kernels"
     (kernels / INSTALLED_KERNEL).mkdir(parents=True)
+    startup = scratch / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-record-stderr.py").write_text(RECORD_STDERR)
     (kernels / INSTALLED_KERNEL / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python (helpers installed from their wheel)",
         "language": "python",
-        "env": {"PYTHONPATH": str(site)},
+        "env": {"PYTHONPATH": str(site), "IPYTHONDIR": str(scratch / "ipython"),
+                STDERR_RECORD: str(scratch / "notebook-stderr.txt")},
     }))
+    global _stderr_record
+    _stderr_record = scratch / "notebook-stderr.txt"
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(scratch / "jupyter"), os.environ.get("JUPYTER_PATH")]))
     return INSTALLED_KERNEL
+
+
+def _unexplained_stderr() -> list[str]:
+    """What the notebook just run wrote to stderr that EXPLAINED_STDERR does not explain; the record is emptied."""
+    import re
+
+    path = _stderr_record
+    if path is None or not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    path.unlink()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return [line for line in lines if not any(re.search(pattern, line) for pattern in EXPLAINED_STDERR)]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if call.when == "call" and item.nodeid.endswith(".ipynb") and report.passed:
+        unexplained = _unexplained_stderr()
+        if unexplained:
+            report.outcome = "failed"
+            report.longrepr = ("The notebook wrote to stderr what no reader caused (explain it in conftest.py's "
+                               "EXPLAINED_STDERR, or stop it):\n" + "\n".join(unexplained[:20]))

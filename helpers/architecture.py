@@ -199,13 +199,9 @@ CHART_MAKER = "python -m helpers.architecture"
 
 
 def _is_our_chart(path: Path) -> bool:
-    from PIL import Image
+    from helpers.images import drawn_by
 
-    try:
-        with Image.open(path) as image:
-            return getattr(image, "text", {}).get("Software") == CHART_MAKER
-    except (OSError, ValueError, SyntaxError):
-        return False
+    return drawn_by(path, CHART_MAKER)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,13 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("large", "medium"):
         print(Table([part.row() for part in component_sizes(name)], title=get_model(name).title), end="\n\n")
     if args.figure:
-        import io
+        from helpers.images import save_figure
 
-        from helpers.checks import write_output_file
-
-        buffer = io.BytesIO()
-        plot_component_sizes().savefig(buffer, dpi=120, format="png", metadata={"Software": CHART_MAKER})
-        write_output_file(args.figure, buffer.getvalue())
+        save_figure(plot_component_sizes(), args.figure, CHART_MAKER, dpi=120)
         print(f"saved {args.figure}")
 
 

@@ -208,6 +208,27 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return record
 
 
+def drawn_by(path: Path, maker: str) -> bool:
+    """Whether the PNG at `path` records `maker` as the software that drew it: a command that draws charts
+    replaces only its own."""
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get("Software") == maker
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def save_figure(figure, path: Path, maker: str, dpi: int) -> Path:
+    """Save a matplotlib figure as a PNG that records `maker` (see `drawn_by`), whole or not at all."""
+    import io
+
+    from helpers.checks import write_output_file
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=dpi, format="png", metadata={"Software": maker})
+    return write_output_file(path, buffer.getvalue())
+
+
 def unshown_subplots(*args: Any, **kwargs: Any):
     """`plt.subplots(...)` for a figure that a helper returns: pyplot lets go of it, so a notebook shows it once,
     when the returned figure is displayed, and not a second time at the end of the cell."""

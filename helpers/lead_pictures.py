@@ -8,7 +8,6 @@ recorded in the PNG, and the command replaces only pictures it drew. The README'
 from __future__ import annotations
 
 import argparse
-import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -191,18 +190,15 @@ PICTURES: dict[str, tuple[str, Callable]] = {
 
 
 def is_ours(path: Path) -> bool:
-    from PIL import Image
+    from helpers.images import drawn_by
 
-    try:
-        with Image.open(path) as image:
-            return getattr(image, "text", {}).get("Software") == MAKER
-    except (OSError, ValueError, SyntaxError):
-        return False
+    return drawn_by(path, MAKER)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Draw the notebooks' opening pictures into images/ (all, or the notebooks named)."""
-    from helpers.checks import check_output_file, write_output_file
+    from helpers.checks import check_output_file
+    from helpers.images import save_figure
 
     parser = argparse.ArgumentParser(prog=MAKER, description=main.__doc__)
     parser.add_argument("notebooks", nargs="*", metavar="NN",
@@ -219,10 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as error:
             parser.error(str(error))
     for number in chosen:
-        figure = PICTURES[number][1]()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, dpi=110, format="png", metadata={"Software": MAKER})
-        write_output_file(paths[number], buffer.getvalue())
+        save_figure(PICTURES[number][1](), paths[number], MAKER, dpi=110)
         print(f"notebook {number}: saved {paths[number]}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -64,11 +65,11 @@ class Session:
         or, where the stand-in runs, the model the notebook is about."""
         return self.model if not self.model.is_stand_in else self.about[0]
 
-    @property
+    @cached_property
     def repository(self) -> str:
         """Where `from_pretrained` loads the model that runs from: its hub repository, such as
         'stabilityai/stable-diffusion-3.5-large' (your token and licence checked first), or the offline model's
-        folder."""
+        folder (its files checked). Checked once: a cell may read it several times."""
         from helpers.loading import weights_location
 
         return weights_location(self.model)

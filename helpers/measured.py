@@ -46,7 +46,8 @@ class MeasuredCase:
                 "host RAM (GB)": "-" if self.host_gb is None else f"{self.host_gb:.1f}"}
 
 
-def _reports(folder: Path) -> list[tuple[str, dict]]:
+def reports(folder: Path = RUNS_DIR) -> list[tuple[str, dict]]:
+    """(file name, report) for each gpu_check report in `folder`, each dated (from the report or DATES)."""
     dates = json.loads((folder / DATES).read_text()) if (folder / DATES).exists() else {}
     found = []
     for path in sorted(folder.glob("*.json")):
@@ -67,7 +68,7 @@ def measured_cases() -> list[MeasuredCase]:
 def cases_in(folder: Path) -> list[MeasuredCase]:
     """Every timed case of the gpu_check reports in `folder`."""
     cases = []
-    for name, report in _reports(folder):
+    for name, report in reports(folder):
         environment = report["environment"]
         versions = ", ".join(f"{package} {version}" for package, version in environment.get("versions", {}).items()
                              if version and package in ("torch", "diffusers", "bitsandbytes"))

@@ -180,12 +180,10 @@ MEASURED = {
 
 
 def measured_cases():
-    from helpers.measured import DATES, RUNS_DIR
+    from helpers.measured import reports
 
-    for path in sorted(RUNS_DIR.glob("*.json")):
-        if path.name == DATES:
-            continue
-        for check in json.loads(path.read_text())["checks"]:
+    for _, report in reports():
+        for check in report["checks"]:
             for case in check["cases"]:
                 if "estimate_strategy" in case:
                     yield check["check"], case

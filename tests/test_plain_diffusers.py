@@ -28,11 +28,16 @@ def cell(notebook: str, containing: str) -> str:
     return cells[0]
 
 
-def run_cells(notebook: str, *containing: str) -> dict:
-    """Run the setup cell of `notebook` and then the cells containing each string, in one namespace."""
+def run_cells(notebook: str, *containing: str, edit: tuple[str, str] = ("", "")) -> dict:
+    """Run the setup cell of `notebook` and then the cells containing each string, in one namespace; `edit`
+    (old, new) replaces text in the setup cell first."""
     namespace = {"display": lambda *objects: None}
     for needle in ("run = setup(", *containing):
-        exec(compile(cell(notebook, needle), f"{notebook}: {needle}", "exec"), namespace)  # noqa: S102
+        source = cell(notebook, needle)
+        if needle == "run = setup(" and edit[0]:
+            assert edit[0] in source, f"{notebook}'s setup cell has no {edit[0]!r}"
+            source = source.replace(*edit)
+        exec(compile(source, f"{notebook}: {needle}", "exec"), namespace)  # noqa: S102
     return namespace
 
 
@@ -82,12 +87,8 @@ def test_notebook_02s_nf4_code_quantizes_t5_where_the_route_does(monkeypatch):
     from helpers import load_pipeline
 
     monkeypatch.setenv("SD35_MACHINE", "colab-t4")
-    namespace = {"display": lambda *objects: None}
-    setup_cell = cell("02_nf4_quantization_and_offload.ipynb", "run = setup(")
-    exec(compile(setup_cell.replace('setup(about="large")', 'setup(about="medium")'), "setup", "exec"),  # noqa: S102
-         namespace)
-    exec(compile(cell("02_nf4_quantization_and_offload.ipynb", "BitsAndBytesConfig(**nf4)"), "nf4", "exec"),  # noqa: S102
-         namespace)
+    namespace = run_cells("02_nf4_quantization_and_offload.ipynb", "BitsAndBytesConfig(**nf4)",
+                          edit=('setup(about="large")', 'setup(about="medium")'))
     route, pipe = namespace["route"], namespace["pipe"]
     assert route.t5 == "nf4"
     assert any(isinstance(layer, bnb.nn.Linear4bit) for layer in pipe.text_encoder_3.modules())

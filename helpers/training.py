@@ -12,7 +12,10 @@ any SD3.5 model. Training has two stages:
    average (EMA) of the weights as the model that ships.
 
 Every random choice (scenes, captions, noise, noise levels) is drawn from the seed and the step number, so a run
-gives the same weights every time and a run that is stopped resumes from its last checkpoint exactly where it was.
+that is stopped resumes from its last checkpoint where it was, and on one CPU thread (`torch.set_num_threads(1)`)
+the same recipe gives the same weights bit for bit. With two threads, about one process in three of the short test
+recipe came out different in the last bits of float32 (measured here: the first transformer step's gradients
+differ in about the seventh digit), so tests that compare weights bit for bit train on one thread.
 
     python -m helpers.training train --out my-model       # the shipped recipe; minutes on a GPU, ~1 h on a CPU
     python -m helpers.training train --out quick --vae-steps 50 --steps 50    # a short run that shows the loop

@@ -22,8 +22,17 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
             for name, tensor in load_file(path).items()}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Bit-for-bit comparisons train on one thread: with two, a CPU may sum in another order (helpers.training)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def short_run(tmp_path_factory) -> Path:
+def short_run(tmp_path_factory, one_thread) -> Path:
     return training.train(tmp_path_factory.mktemp("run") / "model", SHORT, show_progress=False)
 
 
@@ -57,7 +66,7 @@ def test_a_killed_run_resumes_to_the_same_weights(short_run, tmp_path):
     recipe = ", ".join(f"{name}={value!r}" for name, value in vars(SHORT).items())
     script = (f"from helpers import training; training.train({str(out)!r}, training.Recipe({recipe}), "
               f"work={str(work)!r}, show_progress=False)")
-    process = subprocess.Popen([sys.executable, "-c", script])
+    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     # Kill it hard once the transformer stage has saved a checkpoint, part-way through.
     while time.monotonic() < deadline and process.poll() is None:

@@ -25,7 +25,8 @@ INSTALLED_KERNEL = "sd35-installed"
 
 def pytest_configure(config) -> None:
     scratch = tempfile.mkdtemp(prefix="sd35-tests-")
-    if getattr(config.option, "nbmake", False) and not getattr(config.option, "nbmake_kernel", None):
+    controller = getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")  # xdist's
+    if getattr(config.option, "nbmake", False) and not getattr(config.option, "nbmake_kernel", None) and not controller:
         config.option.nbmake_kernel = _installed_helpers_kernel(Path(scratch))
     os.environ["SD35_MODEL"] = "toy"
     os.environ["SD35_CACHE_DIR"] = os.path.join(scratch, "cache")
@@ -97,9 +98,15 @@ notebook's test: a reader should never see red text they did not cause."""
 
 def install_wheel(scratch: Path) -> Path:
     """The helpers as `pip install git+...` leaves them: a built wheel, installed into scratch/installed."""
+    import fcntl
+
     wheels, site = scratch / "wheel", scratch / "installed"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)], check=True, capture_output=True)
+    (ROOT / "build").mkdir(exist_ok=True)
+    # setuptools builds in the repository (build/, *.egg-info): test processes running side by side take turns
+    with open(ROOT / "build" / ".wheel-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)], check=True, capture_output=True)
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), *map(str, wheels.glob("*.whl"))],
                    check=True, capture_output=True)
     return site
@@ -117,11 +124,12 @@ def _installed_helpers_kernel(scratch: Path) -> str:
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python (helpers installed from their wheel)",
         "language": "python",
-        "env": {"PYTHONPATH": str(site), "IPYTHONDIR": str(scratch / "ipython"),
-                STDERR_RECORD: str(scratch / "notebook-stderr.txt")},
+        "env": {"PYTHONPATH": str(site), "IPYTHONDIR": str(scratch / "ipython")},
     }))
+    # kernels inherit the record's path from this process: each test process (pytest-xdist's workers) its own file
     global _stderr_record
     _stderr_record = scratch / "notebook-stderr.txt"
+    os.environ[STDERR_RECORD] = str(_stderr_record)
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(scratch / "jupyter"), os.environ.get("JUPYTER_PATH")]))
     return INSTALLED_KERNEL
 

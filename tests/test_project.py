@@ -271,13 +271,22 @@ def test_the_built_wheel_carries_the_toy_model(tmp_path):
 def test_the_test_command_also_runs_notebooks_on_the_t4_route_and_has_a_quick_tier():
     dev = load_dev()
     full, t4 = dev.test_commands([])
-    assert full[1] == {} and t4[1] == {"SD35_MACHINE": "colab-t4"}
-    assert [Path(arg).stem for arg in t4[0][3:]] == list(dev.T4_NOTEBOOKS)
+    assert "SD35_MACHINE" not in full[1] and t4[1]["SD35_MACHINE"] == "colab-t4"
+    assert [Path(arg).stem for arg in t4[0] if arg.endswith(".ipynb")] == list(dev.T4_NOTEBOOKS)
     assert all((ROOT / "notebooks" / f"{name}.ipynb").is_file() for name in dev.T4_NOTEBOOKS)
     (quick, env), = dev.test_commands(["--quick"])
-    assert "tests" in quick and "--ignore=tests/test_browser.py" in quick and env == {}
+    assert "tests" in quick and "--ignore=tests/test_browser.py" in quick and "SD35_MACHINE" not in env
     (machine, env), = dev.test_commands(["--machine", "h100"])
-    assert "notebooks" in machine and env == {"SD35_MACHINE": "h100"}
+    assert "notebooks" in machine and env["SD35_MACHINE"] == "h100"
+    (named, env), = dev.test_commands(["tests/test_world.py"])
+    assert named[3:] == ["tests/test_world.py"] and env == {}
+
+
+def test_test_processes_side_by_side_share_the_cores():
+    dev = load_dev()
+    for cores, workers, threads in ((1, 1, 1), (2, 2, 1), (8, 4, 2), (6, 4, 1)):
+        options, env = dev.side_by_side(cores)
+        assert options[options.index("-n") + 1] == str(workers) and env == {"OMP_NUM_THREADS": str(threads)}
 
 
 def test_no_code_unpickles_and_every_deletion_is_of_what_the_helpers_made():

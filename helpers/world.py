@@ -33,6 +33,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (25, 25, 25),
 }
 SHAPES = ("circle", "square", "triangle")
+"""The shapes the offline model was trained on: every random scene is one of these."""
+NEW_SHAPES = ("ring",)
+"""Shapes the world draws and the judge reads that no training scene showed or caption named: the concept notebook
+11 teaches the toy with a LoRA (helpers.lora)."""
+DRAWN_SHAPES = SHAPES + NEW_SHAPES
+RING_HOLE = 0.5
+"""A ring's hole: its radius as a share of the ring's outer radius."""
 
 SIZE_RANGE = (0.40, 0.70)
 """A shape's height as a share of the image side: large enough to read at 64 pixels."""
@@ -43,7 +50,10 @@ SUPERSAMPLE = 4
 # this from the background's (0-441 in RGB), and a picture with less than MIN_SHAPE_SHARE of such pixels has none.
 FOREGROUND_DISTANCE = 90.0
 MIN_SHAPE_SHARE = 0.02
-# Fill of the shape's bounding box: a square fills it, a circle pi/4 = 0.785 of it, a triangle half.
+# Fill of the shape's bounding box: a square fills it, a circle pi/4 = 0.785 of it, a triangle half. A ring
+# encloses a hole of background (a quarter of its disc): read as a ring when the enclosed background is at least
+# _RING_HOLE_SHARE of its box (0.196 on the world's own rings).
+_RING_HOLE_SHARE = 0.05
 _FILL_TRIANGLE_BELOW = 0.64
 _FILL_CIRCLE_BELOW = 0.90
 
@@ -121,13 +131,17 @@ def _coverage(spec: Scene, size: int) -> np.ndarray:
     half = spec.extent / 2
     if spec.shape == "circle":
         inside = (x - cx) ** 2 + (y - cy) ** 2 <= half**2
+    elif spec.shape == "ring":
+        squared = (x - cx) ** 2 + (y - cy) ** 2
+        inside = (squared <= half**2) & (squared >= (RING_HOLE * half) ** 2)
     elif spec.shape == "square":
         inside = (np.abs(x - cx) <= half) & (np.abs(y - cy) <= half)
     elif spec.shape == "triangle":  # apex at the top centre, base along the bottom of the box
         down = y - (cy - half)
         inside = (down >= 0) & (down <= 2 * half) & (np.abs(x - cx) <= down / 2)
     else:
-        raise ValueError(f"shape={shown(spec.shape)} is not a shape of the toy world. Use one of: {', '.join(SHAPES)}.")
+        raise ValueError(f"shape={shown(spec.shape)} is not a shape of the toy world. Use one of: "
+                         f"{', '.join(DRAWN_SHAPES)}.")
     return inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
 
 
@@ -217,13 +231,26 @@ def _grow(mask: np.ndarray) -> np.ndarray:
     return np.logical_or.reduce(_neighbours(mask))
 
 
+def _enclosed(mask: np.ndarray) -> np.ndarray:
+    """Pixels outside `mask` that no path of such pixels (8 neighbours) joins to the picture's border."""
+    outside = ~mask
+    reached = np.zeros_like(mask)
+    reached[0], reached[-1], reached[:, 0], reached[:, -1] = outside[0], outside[-1], outside[:, 0], outside[:, -1]
+    while True:
+        grown = _grow(reached) & outside
+        if (grown == reached).all():
+            return outside & ~reached
+        reached = grown
+
+
 @checked(image=_pixels)
 def judge(image: Image.Image | np.ndarray) -> Reading:
     """Read a picture in the toy world's terms: background colour, and the shape, its colour and centre, if any.
     Arrays of 0-1 floats are read as 0-255 values scaled down.
 
-    The background is the colour of the picture's border; shape pixels are those far from it. The shape is told by
-    how much of its bounding box it fills (square 1, circle 0.79, triangle 0.5). Exact on the world's own scenes.
+    The background is the colour of the picture's border; shape pixels are those far from it. A shape that encloses
+    background (a hole no path from the border reaches) is a ring; any other is told by how much of its bounding
+    box it fills (square 1, circle 0.79, triangle 0.5). Exact on the world's own scenes.
     """
     pixels = image
     height, width, _ = pixels.shape
@@ -242,7 +269,11 @@ def judge(image: Image.Image | np.ndarray) -> Reading:
     solid = _grow(_shrink(mask))
     rows, columns = np.nonzero(solid if solid.any() else mask)
     top, bottom, left, right = rows.min(), rows.max(), columns.min(), columns.max()
-    fill = (solid if solid.any() else mask).sum() / ((bottom - top + 1) * (right - left + 1))
-    shape = "triangle" if fill < _FILL_TRIANGLE_BELOW else "circle" if fill < _FILL_CIRCLE_BELOW else "square"
+    box_area = (bottom - top + 1) * (right - left + 1)
+    fill = (solid if solid.any() else mask).sum() / box_area
+    if _enclosed(mask).sum() >= _RING_HOLE_SHARE * box_area:
+        shape = "ring"
+    else:
+        shape = "triangle" if fill < _FILL_TRIANGLE_BELOW else "circle" if fill < _FILL_CIRCLE_BELOW else "square"
     centre = ((left + right + 1) / 2 / width, (top + bottom + 1) / 2 / height)
     return Reading(shape, colour, background, centre, share)

@@ -45,6 +45,19 @@ def test_the_judge_reads_the_worlds_own_scenes_exactly():
         assert np.allclose(reading.centre, item.centre, atol=0.04), seed
 
 
+def test_rings_are_drawn_for_notebook_11_never_in_a_training_scene_and_read_exactly():
+    """The ring is the shape the toy has yet to learn: random scenes never hold one, and the judge reads the world's
+    rings as rings (an enclosed hole), at every size and place the scenes take."""
+    assert "ring" not in world.SHAPES and "ring" in world.NEW_SHAPES
+    for seed in range(600):
+        item = world.scene(seed)
+        ring = world.Scene("ring", item.colour, item.background, item.centre, item.extent)
+        reading = world.judge(ring.draw())
+        assert (reading.shape, reading.colour, reading.background) == ("ring", item.colour, item.background), seed
+    with pytest.raises(ValueError, match="ring"):  # named among the shapes a scene may take
+        world.Scene("star", "red", "blue", (0.5, 0.5), 0.5).draw()
+
+
 def test_the_judge_reads_scenes_at_other_sizes_and_from_arrays():
     item = world.scene(3)
     for size in (48, 128):

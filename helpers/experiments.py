@@ -234,8 +234,9 @@ SAMPLES_PER_TENSOR = 256
 
 def pipeline_fingerprint(pipe) -> str:
     """A digest of what the pipeline is: each part's class, every tensor's name, shape and dtype, and 256 values
-    spread through each tensor. It changes when the weights change in place (a LoRA, a fine-tune, another dtype),
-    and costs a few thousand small reads, not a pass over the weights."""
+    spread through each tensor, and the adapters of LoRA layers that act and their scales. It changes when the
+    weights change in place (a LoRA loaded, fused or scaled, a fine-tune, another dtype), and costs a few thousand
+    small reads, not a pass over the weights."""
     import torch
 
     digest = hashlib.sha256()
@@ -251,6 +252,11 @@ def pipeline_fingerprint(pipe) -> str:
             flat = tensor.detach().reshape(-1)
             sample = flat[:: max(1, flat.numel() // SAMPLES_PER_TENSOR)][:SAMPLES_PER_TENSOR].contiguous()
             digest.update(sample.view(torch.uint8).cpu().numpy().tobytes())
+        for name, layer in module.named_modules():
+            scaling = getattr(layer, "scaling", None)
+            if isinstance(scaling, dict) and scaling:  # a LoRA layer (peft): which adapters act, at what scale
+                digest.update(f"{name}:{sorted(scaling.items())}{list(layer.active_adapters)}"
+                              f"{list(getattr(layer, 'merged_adapters', []))}{bool(layer.disable_adapters)};".encode())
     return digest.hexdigest()[:24]
 
 

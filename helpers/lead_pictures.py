@@ -1,8 +1,9 @@
 """The picture each notebook opens with, drawn by this code: `python -m helpers.lead_pictures [01 02 ...]`.
 
-Each is what its notebook teaches, seen on the offline toy model (on a CPU, in about a minute for all ten) or
-computed from the full-size models' configs and the H100 measurements. They are saved in `images/` with the command
-recorded in the PNG, and the command replaces only pictures it drew. The README's table of notebooks shows them.
+Each is what its notebook teaches, seen on the offline toy model (on a CPU, about a minute for 01 to 10; 11's
+trains a LoRA first, a few minutes) or computed from the full-size models' configs and the H100 measurements. They
+are saved in `images/` with the command recorded in the PNG, and the command replaces only pictures it drew. The
+README's table of notebooks shows them.
 """
 
 from __future__ import annotations
@@ -174,6 +175,28 @@ def many_gpus():
                       title="how split_between_processes shares eight seeds between two GPUs (toy model)")
 
 
+def lora():
+    import tempfile
+
+    from helpers.images import image_grid
+    from helpers.lora import LoraRecipe, concept_scene, train_lora
+
+    pipe, seeds = _toy(), [0, 1, 2, 3, 4]
+    prompts = [concept_scene(seed).caption for seed in seeds]
+
+    def row():
+        return [_pictures(pipe, [seed], prompt=prompt)[0] for seed, prompt in zip(seeds, prompts, strict=True)]
+
+    before = row()
+    with tempfile.TemporaryDirectory() as scratch:  # the recipe notebook 11 trains: about three minutes
+        folder = train_lora(pipe, Path(scratch) / "ring", LoraRecipe(), show_progress=False)
+        pipe.load_lora_weights(folder, adapter_name="ring")
+        after = row()
+        pipe.unload_lora_weights()
+    return image_grid([before, after], row_labels=["toy model", "with the LoRA"], column_labels=prompts,
+                      title="a shape the toy never saw, taught by a LoRA")
+
+
 PICTURES: dict[str, tuple[str, Callable]] = {
     "01": ("01-first-images.png", loading),
     "02": ("02-what-fits.png", memory),
@@ -185,6 +208,7 @@ PICTURES: dict[str, tuple[str, Callable]] = {
     "08": ("08-long-prompt.png", inside_the_pipeline),
     "09": ("09-training.png", training),
     "10": ("10-two-processes.png", many_gpus),
+    "11": ("11-lora.png", lora),
 }
 """Notebook number -> (file in images/, the function that draws it)."""
 

@@ -48,7 +48,7 @@ def quiet_irrelevant_notices() -> None:
     """Hide the library notices that never apply to SD3.5 (below), wherever a pipeline is loaded: `setup()` calls
     this, so a notebook's own `from_pretrained` cells are as quiet as `load_pipeline`."""
     for name in ("transformers.utils.import_utils", "diffusers.models.modeling_utils",
-                 "diffusers.pipelines.pipeline_utils"):
+                 "diffusers.pipelines.pipeline_utils", "diffusers.loaders.lora_base"):
         notices = logging.getLogger(name)
         if _without_irrelevant_notices not in notices.filters:
             notices.addFilter(_without_irrelevant_notices)
@@ -61,8 +61,12 @@ def _without_irrelevant_notices(record: logging.LogRecord) -> bool:
     # dtype that modules "should be kept in float32" even when that list is empty, as it is for SD3.5.
     # It also warns that a float16 pipeline "cannot run with `cpu` device": torch 2.13 runs float16 on a CPU (the
     # emulated T4 routes do, tests/test_routes.py), only slowly.
+    # Loading an SD3 LoRA that adapts the transformer only (trained without text-encoder layers) notes
+    # that the CLIP encoders got nothing; helpers.lora.check_lora says which parts a file adapts. The same notice for
+    # the transformer, which means the file changed nothing, stays.
     return ("requires torchvision" not in message and "should be kept in float32: []." not in message
-            and "cannot run with `cpu` device" not in message)
+            and "cannot run with `cpu` device" not in message
+            and not message.startswith("No LoRA keys associated to CLIPTextModelWithProjection"))
 
 
 def task_rule(value: object, name: str = "task") -> str:

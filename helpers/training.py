@@ -315,7 +315,7 @@ def _unflatten(node: dict, tensors: dict) -> Any:
     return node["value"]
 
 
-def _save_atomic(payload: dict, path: Path) -> None:
+def save_checkpoint(payload: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
     tensors: dict = {}
@@ -326,7 +326,7 @@ def _save_atomic(payload: dict, path: Path) -> None:
     os.replace(staging, path)
 
 
-def _load_checkpoint(path: Path) -> dict | None:
+def load_checkpoint(path: Path) -> dict | None:
     from safetensors import safe_open
 
     if not path.is_file():
@@ -386,7 +386,7 @@ def train_vae(vae, pictures, recipe: Recipe, progress: Progress, checkpoint: Pat
     from tqdm.auto import tqdm
 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
-    saved = _load_checkpoint(checkpoint)
+    saved = load_checkpoint(checkpoint)
     if saved is not None and saved["stage"] == "vae":
         vae.load_state_dict(saved["vae"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -411,7 +411,7 @@ def train_vae(vae, pictures, recipe: Recipe, progress: Progress, checkpoint: Pat
         if progress.vae_step % recipe.checkpoint_every == 0 or progress.vae_step == recipe.vae_steps:
             progress.seconds += time.monotonic() - started
             started = time.monotonic()
-            _save_atomic({"stage": "vae", "vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
+            save_checkpoint({"stage": "vae", "vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
                           "progress": asdict(progress)}, checkpoint)
     bar.close()
     vae.eval()
@@ -445,18 +445,18 @@ def flow_matching_loss(pipe, recipe: Recipe, step: int, latents: torch.Tensor, c
     """
     import torch
 
-    generator = torch.Generator().manual_seed(step_seed(recipe, "transformer", step))
+    generator = torch.Generator().manual_seed(step_seed(recipe, "transformer", step))  # on the CPU: any device
     shift = pipe.scheduler.config.shift
     u = torch.sigmoid(recipe.logit_mean + recipe.logit_std * torch.randn(len(latents), generator=generator))
-    sigmas = shift * u / (1 + (shift - 1) * u)
-    noise = torch.randn(latents.shape, generator=generator)
+    sigmas = (shift * u / (1 + (shift - 1) * u)).to(latents.device, latents.dtype)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     noisy = (1 - sigmas[:, None, None, None]) * latents + sigmas[:, None, None, None] * noise
     prompt_embeds, _, pooled, _ = pipe.encode_prompt(
         captions, captions, captions, do_classifier_free_guidance=False, max_sequence_length=T5_MAX_LENGTH,
-        device=torch.device("cpu"),
+        device=latents.device,
     )
     t5_start = prompt_embeds.shape[1] - T5_MAX_LENGTH
-    keep = (~drop_t5).float()[:, None, None]
+    keep = (~drop_t5).to(prompt_embeds.device, prompt_embeds.dtype)[:, None, None]
     prompt_embeds = torch.cat([prompt_embeds[:, :t5_start], prompt_embeds[:, t5_start:] * keep], dim=1)
     velocity = pipe.transformer(hidden_states=noisy, timestep=sigmas * 1000, encoder_hidden_states=prompt_embeds,
                                 pooled_projections=pooled, return_dict=False)[0]
@@ -470,7 +470,7 @@ def encode_pool(vae, pictures, *, chunk: int = 256) -> tuple[torch.Tensor, torch
     means, stds = [], []
     with torch.no_grad():
         for start in range(0, len(pictures), chunk):
-            dist = vae.encode(pictures_to_tensor(pictures[start : start + chunk])).latent_dist
+            dist = vae.encode(pictures_to_tensor(pictures[start : start + chunk]).to(vae.device, vae.dtype)).latent_dist
             means.append(dist.mean)
             stds.append(dist.std)
     return torch.cat(means), torch.cat(stds)
@@ -481,7 +481,8 @@ def sample_latents(vae, means, stds, indices, generator) -> torch.Tensor:
     (sample - shift_factor) * scaling_factor."""
     import torch
 
-    sample = means[indices] + stds[indices] * torch.randn(means[indices].shape, generator=generator)
+    noise = torch.randn(means[indices].shape, generator=generator).to(means.device, means.dtype)
+    sample = means[indices] + stds[indices] * noise
     return (sample - vae.config.shift_factor) * vae.config.scaling_factor
 
 
@@ -495,7 +496,7 @@ def train_transformer(pipe, ema, scenes, pictures, recipe: Recipe, progress: Pro
     parameters = _trained_parameters(pipe)
     names = [name for part in TRAINED_PARTS for name, _ in getattr(pipe, part).named_parameters(prefix=part)]
     optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.99))
-    saved = _load_checkpoint(checkpoint)
+    saved = load_checkpoint(checkpoint)
     if saved is not None and saved["stage"] == "transformer":
         for part in TRAINED_PARTS:
             getattr(pipe, part).load_state_dict(saved[part])
@@ -529,7 +530,7 @@ def train_transformer(pipe, ema, scenes, pictures, recipe: Recipe, progress: Pro
         if progress.step % recipe.checkpoint_every == 0 or progress.step == recipe.steps:
             progress.seconds += time.monotonic() - started
             started = time.monotonic()
-            _save_atomic({"stage": "transformer", **{part: getattr(pipe, part).state_dict() for part in TRAINED_PARTS},
+            save_checkpoint({"stage": "transformer", **{part: getattr(pipe, part).state_dict() for part in TRAINED_PARTS},
                           "vae": pipe.vae.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema,
                           "progress": asdict(progress)}, checkpoint)
     bar.close()
@@ -576,7 +577,7 @@ def train(out: str | Path, recipe: Recipe = Recipe(), *, work: str | Path | None
 
     pipe = build_toy_pipeline(recipe.seed)
     scenes, pictures = scene_pool(recipe, work)
-    saved = _load_checkpoint(checkpoint)
+    saved = load_checkpoint(checkpoint)
     progress = Progress(**saved["progress"]) if saved else Progress()
     if saved and saved["stage"] == "transformer":
         pipe.vae.load_state_dict(saved["vae"])

@@ -37,5 +37,5 @@ def test_the_command_draws_a_picture_and_replaces_only_its_own(tmp_path, monkeyp
     assert "was not written by this command" in capsys.readouterr().err
     assert Image.open(drawn).size == (8, 8)
     with pytest.raises(SystemExit):
-        lead_pictures.main(["11"])
-    assert "notebook '11' has no picture: use notebook numbers 01, 02" in capsys.readouterr().err
+        lead_pictures.main(["12"])
+    assert "notebook '12' has no picture: use notebook numbers 01, 02" in capsys.readouterr().err

@@ -85,7 +85,7 @@ def test_a_killed_run_resumes_to_the_same_weights(short_run, tmp_path):
 
 def _stage(checkpoint) -> str | None:
     try:
-        return training._load_checkpoint(checkpoint)["stage"]
+        return training.load_checkpoint(checkpoint)["stage"]
     except ValueError:  # caught between two writes of a file the run replaces atomically: read it next time
         return None
 
@@ -125,8 +125,8 @@ def test_a_checkpoint_round_trips_tensors_and_structure(tmp_path):
     payload = {"stage": "vae", "progress": {"step": 3, "loss": [0.5, 0.25], "shift": None},
                "optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, 2)}},
                              "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.99), "params": [0]}]}}
-    training._save_atomic(payload, tmp_path / "c.safetensors")
-    loaded = training._load_checkpoint(tmp_path / "c.safetensors")
+    training.save_checkpoint(payload, tmp_path / "c.safetensors")
+    loaded = training.load_checkpoint(tmp_path / "c.safetensors")
     assert loaded["progress"] == payload["progress"] and loaded["stage"] == "vae"
     assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], torch.ones(2, 2))  # int keys, as torch needs
     assert loaded["optimizer"]["param_groups"][0]["betas"] == [0.9, 0.99]

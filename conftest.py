@@ -66,6 +66,23 @@ def _poll_kernel_messages_in_short_waits() -> None:
     AsyncZMQSocketChannel.get_msg = get_msg
 
 
+LONGEST_FIRST = ("notebooks/11_", "tests/test_lora.py", "notebooks/04_", "notebooks/10_", "tests/test_browser.py",
+                 "notebooks/08_", "tests/test_training.py", "notebooks/09_", "tests/test_distributed.py",
+                 "tests/test_gpu_check.py", "notebooks/")
+"""Files that take longest (seconds to minutes), in that order: test processes side by side (`dev.py test`, one
+file at a time each) start them first, so that no process is left with a long file at the end while the others
+idle."""
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return next((index for index, start in enumerate(LONGEST_FIRST) if path.startswith(start)),
+                    len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: within a file, and among the rest, the order stays as collected
+
+
 STDERR_RECORD = "SD35_STDERR_RECORD"
 RECORD_STDERR = """
 # Test kernels only (conftest.py): everything a notebook writes to stderr is also appended to a file, which

@@ -187,8 +187,10 @@ def side_by_side(cores: int | None = None) -> tuple[list[str], dict[str, str]]:
     the 708 tests of `dev.py test` took 390 s as two processes on one thread each, 545 s as one on two threads."""
     cores = cores or os.cpu_count() or 1
     workers = max(1, min(4, cores))
-    # a file at a time (its module fixtures, such as a trained LoRA, are made once), longest first (conftest.py)
-    return ["-n", str(workers), "--dist", "loadfile"], {"OMP_NUM_THREADS": str(max(1, cores // workers))}
+    # a file at a time (its module fixtures, such as a trained LoRA, are made once), longest first (conftest.py;
+    # xdist would otherwise reorder files by their number of tests)
+    return ["-n", str(workers), "--dist", "loadfile", "--no-loadscope-reorder"], {
+        "OMP_NUM_THREADS": str(max(1, cores // workers))}
 
 
 def test_commands(extra: list[str]) -> list[tuple[list[str], dict[str, str]]]:

@@ -26,6 +26,7 @@ from helpers.distributed import (
     read_plan,
     release,
 )
+from helpers.images import STAGING_PREFIX
 from helpers.models import get_model
 
 TOY = get_model("toy")
@@ -34,8 +35,13 @@ VARY = {"prompt": ["a red circle on a blue background", "a white square"], "guid
         "seed": [0, 1, 2]}
 
 
+def finished(folder) -> list:
+    """The sweep's pictures: a process killed while saving leaves its hidden staging file (.saving-*), never read."""
+    return sorted(path for path in folder.glob("*.png") if not path.name.startswith(STAGING_PREFIX))
+
+
 def pictures(folder) -> dict[str, np.ndarray]:
-    return {path.name: np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))}
+    return {path.name: np.asarray(Image.open(path)) for path in finished(folder)}
 
 
 def test_a_killed_process_loses_nothing_and_a_relaunch_makes_every_image_exactly_once(tmp_path):
@@ -44,7 +50,7 @@ def test_a_killed_process_loses_nothing_and_a_relaunch_makes_every_image_exactly
     running.crash_one_process(after_images=2)
     crashed = running.wait(progress=False)
     assert crashed.returncode != 0 and 2 <= crashed.made < 12
-    assert len(list(plan.folder.glob("*.png"))) == crashed.made  # what was finished stays, complete
+    assert len(finished(plan.folder)) == crashed.made  # what was finished stays, complete
     missing = crashed.missing()  # counted against the plan, each named by its settings
     assert len(missing) == 12 - crashed.made and all(picture["file"] and "seed" in picture for picture in missing)
     assert not {picture["file"] for picture in missing} & set(pictures(plan.folder))

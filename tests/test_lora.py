@@ -21,7 +21,7 @@ from helpers.loading import toy_model_dir
 
 COUNT = 32
 """Pictures per measurement: paired by seed across the base model and the LoRA."""
-SHORT = lora.LoraRecipe(steps=12, batch=4, pool=16, warmup=2, checkpoint_every=4)
+SHORT = lora.LoraRecipe(steps=40, batch=4, pool=16, warmup=2, checkpoint_every=4)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -106,11 +106,13 @@ def test_a_killed_run_resumes_to_the_same_adapter(tmp_path):
               f"work={str(work)!r}, show_progress=False)")
     process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
+    # Kill it hard once it has saved a checkpoint part-way through (every 4 steps of 40).
     while time.monotonic() < deadline and process.poll() is None:
-        if _step(work / "checkpoint.safetensors") == SHORT.checkpoint_every:
+        step = _step(work / "checkpoint.safetensors")
+        if step is not None and step < SHORT.steps:
             os.kill(process.pid, signal.SIGKILL)
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not out.exists()

@@ -74,6 +74,18 @@ file at a time each) start them first, so that no process is left with a long fi
 idle."""
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: tests that compare trained weights bit for bit use it (with two threads a
+    CPU may sum in another order, helpers.training)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     def rank(item) -> int:
         path = item.nodeid.split("::")[0]

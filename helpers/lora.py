@@ -179,6 +179,7 @@ def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, work
     from tqdm.auto import tqdm
 
     from helpers.training import (
+        _curve,
         _learning_rate,
         encode_pool,
         flow_matching_loss,
@@ -287,11 +288,6 @@ def _base_summary(pipe) -> dict[str, Any]:
     config = pipe.transformer.config
     return {name: config[name] for name in ("num_layers", "attention_head_dim", "num_attention_heads",
                                             "joint_attention_dim", "caption_projection_dim") if name in config}
-
-
-def _curve(values: list[float], points: int = 40) -> list[tuple[int, float]]:
-    every = max(1, len(values) // points)
-    return [(end, round(sum(values[end - every : end]) / every, 5)) for end in range(every, len(values) + 1, every)]
 
 
 # --- Loading ---------------------------------------------------------------------------------------------------

@@ -21,16 +21,8 @@ from helpers.loading import toy_model_dir
 
 COUNT = 32
 """Pictures per measurement: paired by seed across the base model and the LoRA."""
+pytestmark = pytest.mark.usefixtures("one_thread")
 SHORT = lora.LoraRecipe(steps=40, batch=4, pool=16, warmup=2, checkpoint_every=4)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bit-for-bit comparisons train on one thread: with two, a CPU may sum in another order (helpers.training)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def toy():

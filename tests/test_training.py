@@ -14,21 +14,13 @@ from safetensors.torch import load_file
 
 from helpers import training
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SHORT = training.Recipe(pool=128, vae_steps=12, vae_batch=8, steps=40, batch=8, warmup=2, checkpoint_every=4)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     return {f"{path.parent.name}/{name}": tensor for path in sorted(folder.glob("*/*.safetensors"))
             for name, tensor in load_file(path).items()}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bit-for-bit comparisons train on one thread: with two, a CPU may sum in another order (helpers.training)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -86,12 +86,76 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+ONE_PROCESS = {"LoRA": ("notebooks/11_fine_tuning_with_lora.ipynb", "tests/test_lora.py")}
+"""Files that test processes side by side run in one process, in this order: tests/test_lora.py reuses the adapter
+notebook 11 trained (its finished checkpoint) instead of training it again."""
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's file-at-a-time scheduling, with the files of ONE_PROCESS given to one process together."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Together(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return next((group for group, paths in ONE_PROCESS.items() if path in paths), path)
+
+    return Together(config, log)
+
+
+T4_NOTEBOOKS = ("01_loading_sd35", "02_nf4_quantization_and_offload", "03_timing_on_h100")
+"""The notebooks `--t4-route` (which `dev.py test` passes) also runs on free Colab's T4 route: where the route changes
+what the code does (dtype, NF4 parts, skipped steps), in about a minute. The first ten passed on it (`dev.py test
+--machine colab-t4`; notebook 11 has not been run on it), but in float16 on a CPU they took about 17 minutes here
+(notebook 04 alone 9.6), more than CI's budget holds."""
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--t4-route", action="store_true",
+                     help=f"also run notebooks {', '.join(name[:2] for name in T4_NOTEBOOKS)} on free Colab's T4 route "
+                          "(SD35_MACHINE=colab-t4), each right after its run on this machine")
+
+
+class OnMachine(pytest.Item):
+    """A notebook's run on an emulated machine (SD35_MACHINE for its kernel), beside its run on this one."""
+
+    nbmake = True
+
+    def __init__(self, *, plain, machine: str, **kwargs) -> None:
+        super().__init__(name=f"{plain.name}[{machine}]", **kwargs)
+        self.plain, self.machine = plain, machine
+
+    def runtest(self) -> None:
+        before = os.environ.get("SD35_MACHINE")
+        os.environ["SD35_MACHINE"] = self.machine  # the kernel started now inherits it
+        try:
+            self.plain.runtest()
+        finally:
+            if before is None:
+                os.environ.pop("SD35_MACHINE", None)
+            else:
+                os.environ["SD35_MACHINE"] = before
+
+    def repr_failure(self, excinfo, style=None):
+        return self.plain.repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, 0, self.name
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     def rank(item) -> int:
         path = item.nodeid.split("::")[0]
         return next((index for index, start in enumerate(LONGEST_FIRST) if path.startswith(start)),
                     len(LONGEST_FIRST))
 
+    if config.getoption("t4_route"):
+        for index in reversed(range(len(items))):
+            item = items[index]
+            if getattr(item, "nbmake", False) and item.path.stem in T4_NOTEBOOKS:
+                items.insert(index + 1, OnMachine.from_parent(item.parent, plain=item, machine="colab-t4"))
     items.sort(key=rank)  # stable: within a file, and among the rest, the order stays as collected
 
 
@@ -180,7 +244,7 @@ def _unexplained_stderr() -> list[str]:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if call.when == "call" and item.nodeid.endswith(".ipynb") and report.passed:
+    if call.when == "call" and getattr(item, "nbmake", False) and report.passed:
         unexplained = _unexplained_stderr()
         if unexplained:
             report.outcome = "failed"

@@ -171,12 +171,8 @@ def strip_outputs(notebooks: list[Path]) -> list[Path]:
     return changed
 
 
-T4_NOTEBOOKS = ("01_loading_sd35", "02_nf4_quantization_and_offload", "03_timing_on_h100")
-"""The notebooks `dev.py test` also runs on free Colab's T4 route: where the route changes what the code does
-(dtype, NF4 parts, skipped steps), in about a minute. All ten pass on it (`dev.py test --machine colab-t4`), but in
-float16 on a CPU the ten took about 17 minutes here (notebook 04 alone 9.6), more than CI's budget holds."""
 QUICK_SKIP = ("test_browser.py", "test_colab.py", "test_distributed.py", "test_training.py", "test_toy_model.py",
-              "test_gpu_check.py", "test_inside_pipeline.py")
+              "test_gpu_check.py", "test_inside_pipeline.py", "test_lora.py")
 """Test files the quick tier leaves out: browsers, wheel installs, process launches, training and the toy model's
 lessons, each seconds to a minute."""
 
@@ -207,8 +203,8 @@ def test_commands(extra: list[str]) -> list[tuple[list[str], dict[str, str]]]:
                  {**threads, "SD35_MACHINE": extra[1]})]
     if extra:
         return [([*pytest, *extra], {})]
-    t4 = [f"notebooks/{name}.ipynb" for name in T4_NOTEBOOKS]
-    return [([*pytest, *options], threads), ([*pytest, *options, *t4], {**threads, "SD35_MACHINE": "colab-t4"})]
+    # notebooks 01 to 03 on free Colab's T4 route too, in the same run (conftest.T4_NOTEBOOKS)
+    return [([*pytest, *options, "--t4-route"], threads)]
 
 
 def main(argv: list[str]) -> int:

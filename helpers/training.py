@@ -435,13 +435,24 @@ def _trained_parameters(pipe) -> list:
     return [parameter for part in TRAINED_PARTS for parameter in getattr(pipe, part).parameters()]
 
 
+def encode_captions(pipe, captions: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt embeddings and pooled embeddings of `captions` as training feeds them to the transformer."""
+    prompt_embeds, _, pooled, _ = pipe.encode_prompt(
+        captions, captions, captions, do_classifier_free_guidance=False, max_sequence_length=T5_MAX_LENGTH,
+        device=device,
+    )
+    return prompt_embeds, pooled
+
+
 def flow_matching_loss(pipe, recipe: Recipe, step: int, latents: torch.Tensor, captions: list[str],
-                       drop_t5: torch.Tensor) -> torch.Tensor:
+                       drop_t5: torch.Tensor, *, embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> torch.Tensor:
     """The loss of one batch: noise the latents to random levels, ask the transformer for the velocity
     (noise minus latent) that leads back, compare with the truth.
 
     Noise levels follow SD3's recipe: a logit-normal draw, then the scheduler's shift (3.0), which puts more of
-    the training on high noise where the composition is decided.
+    the training on high noise where the composition is decided. `embeddings` (of `captions`, by
+    `encode_captions`) skips the text encoders: for training with them frozen, where they can be run once.
     """
     import torch
 
@@ -451,10 +462,9 @@ def flow_matching_loss(pipe, recipe: Recipe, step: int, latents: torch.Tensor, c
     sigmas = (shift * u / (1 + (shift - 1) * u)).to(latents.device, latents.dtype)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     noisy = (1 - sigmas[:, None, None, None]) * latents + sigmas[:, None, None, None] * noise
-    prompt_embeds, _, pooled, _ = pipe.encode_prompt(
-        captions, captions, captions, do_classifier_free_guidance=False, max_sequence_length=T5_MAX_LENGTH,
-        device=latents.device,
-    )
+    if embeddings is None:
+        embeddings = encode_captions(pipe, captions, latents.device)
+    prompt_embeds, pooled = embeddings
     t5_start = prompt_embeds.shape[1] - T5_MAX_LENGTH
     keep = (~drop_t5).to(prompt_embeds.device, prompt_embeds.dtype)[:, None, None]
     prompt_embeds = torch.cat([prompt_embeds[:, :t5_start], prompt_embeds[:, t5_start:] * keep], dim=1)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from helpers import lora
 from helpers.evaluation import evaluation_scenes, generate_batch, judged
 from helpers.experiments import pipeline_fingerprint
+from helpers.images import output_dir
 from helpers.loading import toy_model_dir
 
 COUNT = 32
@@ -35,8 +36,10 @@ def toy():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread) -> Path:
-    return lora.train_lora(toy(), tmp_path_factory.mktemp("lora") / "ring", show_progress=False)
+def trained(one_thread) -> Path:
+    """Notebook 11's adapter: its call, into its folder. conftest runs notebook 11 and this file in one test process,
+    the notebook first: its finished checkpoint is then found and only saved again; alone, this file trains."""
+    return lora.train_lora(toy(), output_dir() / "ring-lora", show_progress=False)
 
 
 @pytest.fixture(scope="module")

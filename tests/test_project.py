@@ -2,11 +2,15 @@
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+
+import conftest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -270,10 +274,13 @@ def test_the_built_wheel_carries_the_toy_model(tmp_path):
 
 def test_the_test_command_also_runs_notebooks_on_the_t4_route_and_has_a_quick_tier():
     dev = load_dev()
-    full, t4 = dev.test_commands([])
-    assert "SD35_MACHINE" not in full[1] and t4[1]["SD35_MACHINE"] == "colab-t4"
-    assert [Path(arg).stem for arg in t4[0] if arg.endswith(".ipynb")] == list(dev.T4_NOTEBOOKS)
-    assert all((ROOT / "notebooks" / f"{name}.ipynb").is_file() for name in dev.T4_NOTEBOOKS)
+    (full, env), = dev.test_commands([])
+    assert "SD35_MACHINE" not in env and "--t4-route" in full
+    assert all((ROOT / "notebooks" / f"{name}.ipynb").is_file() for name in conftest.T4_NOTEBOOKS)
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "--t4-route", "notebooks"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert [line for line in collected.splitlines() if line.endswith("[colab-t4]")] == [
+        f"notebooks/{name}.ipynb::{name}.ipynb[colab-t4]" for name in conftest.T4_NOTEBOOKS]
     (quick, env), = dev.test_commands(["--quick"])
     assert "tests" in quick and "--ignore=tests/test_browser.py" in quick and "SD35_MACHINE" not in env
     (machine, env), = dev.test_commands(["--machine", "h100"])

@@ -66,12 +66,12 @@ def _poll_kernel_messages_in_short_waits() -> None:
     AsyncZMQSocketChannel.get_msg = get_msg
 
 
-LONGEST_FIRST = ("notebooks/11_", "tests/test_lora.py", "notebooks/04_", "notebooks/10_", "tests/test_browser.py",
-                 "notebooks/08_", "tests/test_training.py", "notebooks/09_", "tests/test_distributed.py",
-                 "tests/test_gpu_check.py", "notebooks/")
-"""Files that take longest (seconds to minutes), in that order: test processes side by side (`dev.py test`, one
-file at a time each) start them first, so that no process is left with a long file at the end while the others
-idle."""
+LONGEST_FIRST = ("notebooks/11_", "notebooks/10_", "notebooks/05_", "notebooks/04_", "notebooks/03_",
+                 "tests/test_distributed.py", "notebooks/09_", "tests/test_training.py", "notebooks/08_",
+                 "tests/test_toy_model.py", "tests/test_gpu_check.py", "notebooks/")
+"""Files that take longest (seconds to minutes), in that order (a group of ONE_PROCESS by its first file): test
+processes side by side (`dev.py test`, one file at a time each) start them first, so that no process is left with a
+long file at the end while the others idle."""
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-ONE_PROCESS = {"LoRA": ("notebooks/11_fine_tuning_with_lora.ipynb", "tests/test_lora.py")}
-"""Files that test processes side by side run in one process, in this order: tests/test_lora.py reuses the adapter
-notebook 11 trained (its finished checkpoint) instead of training it again."""
+ONE_PROCESS = {"LoRA": ("notebooks/11_fine_tuning_with_lora.ipynb", "tests/test_lora.py"),
+               "sliders": ("notebooks/05_guidance_scale_tuning.ipynb", "notebooks/07_inpainting.ipynb",
+                           "tests/test_browser.py")}
+"""Files that test processes side by side run in one process, in this order, where a file reuses what the one
+before it made in the process's output folder, as a reader's second run does: tests/test_lora.py the adapter
+notebook 11 trained (its finished checkpoint), the browser tests the sweeps of the notebooks they run again."""
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -146,10 +149,12 @@ class OnMachine(pytest.Item):
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    def rank(item) -> int:
+    def rank(item) -> tuple[int, int]:
         path = item.nodeid.split("::")[0]
-        return next((index for index, start in enumerate(LONGEST_FIRST) if path.startswith(start)),
-                    len(LONGEST_FIRST))
+        group = next((paths for paths in ONE_PROCESS.values() if path in paths), (path,))
+        first = next((index for index, start in enumerate(LONGEST_FIRST) if group[0].startswith(start)),
+                     len(LONGEST_FIRST))
+        return first, group.index(path)
 
     if config.getoption("t4_route"):
         for index in reversed(range(len(items))):

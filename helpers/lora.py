@@ -8,6 +8,9 @@ blocks, trains only those on captioned pictures of rings with the flow-matching 
 own captions (`prior_share`): DreamBooth's prior preservation, with the world's own pictures where DreamBooth
 generates its class pictures with the base model.
 
+A reader's own folder of pictures and captions is checked by `check_training_folder` before any work (count,
+formats, sizes, captions: every problem named at once) and trained on with `train_lora(..., pictures=...)`.
+
 Every random choice comes from the seed and the step number, and a stopped run resumes from its last checkpoint
 (safetensors, never a pickle). On one CPU thread the same recipe gives the same adapter bit for bit.
 
@@ -39,6 +42,8 @@ from helpers.checks import (
     output_folder,
     pipeline,
     shown,
+    side,
+    text,
     whole,
 )
 
@@ -123,10 +128,115 @@ def training_scenes(recipe: LoraRecipe) -> tuple[list[world.Scene], list[world.S
 def batch(recipe: LoraRecipe, step: int, concept: list, prior: list) -> tuple[list[world.Scene], list[str]]:
     """One step's scenes and captions: the same on every run."""
     rng = random.Random(f"{recipe.seed}-lora-{step}")
-    known = round(recipe.batch * recipe.prior_share)
-    scenes = rng.sample(concept, recipe.batch - known) + rng.sample(prior, known)
+    known = round(recipe.batch * recipe.prior_share) if prior else 0
+
+    def draw(pool: list, count: int) -> list:  # without repeats where the pool is large enough
+        return rng.sample(pool, count) if count <= len(pool) else rng.choices(pool, k=count)
+
+    scenes = draw(concept, recipe.batch - known) + draw(prior, known)
     captions = ["" if rng.random() < recipe.caption_dropout else spec.caption for spec in scenes]
     return scenes, captions
+
+
+# --- A reader's own pictures -----------------------------------------------------------------------------------
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+"""The picture files a training folder may hold (any case); captions are `.txt` files beside them."""
+MIN_PICTURES = 3
+"""Fewest pictures accepted: DreamBooth's own example teaches a dog from 5 photos; from 1 or 2 a LoRA can only copy."""
+MAX_PICTURES = 10_000
+
+
+@dataclass(frozen=True)
+class TrainingPictures:
+    """A checked folder of pictures with their captions, ready for `train_lora(..., pictures=...)`."""
+
+    folder: Path
+    files: tuple[Path, ...]
+    captions: tuple[str, ...]
+    size: int
+    """The side of the square every picture is cropped (about its centre) and scaled to."""
+
+    def __str__(self) -> str:
+        captions = sorted(set(self.captions))
+        named = "one caption for all" if len(captions) == 1 else f"{len(captions)} different captions"
+        return (f"{len(self.files)} pictures in {self.folder}, cropped to {self.size} x {self.size}, {named} "
+                f"(first: {self.captions[0]!r})")
+
+    def arrays(self):
+        """The pictures as training takes them: RGB, cropped about the centre to a square, `size` pixels a side."""
+        import numpy as np
+        from PIL import Image, ImageOps
+
+        from helpers.inputs import load_image
+
+        return np.stack([np.asarray(ImageOps.fit(load_image(path, name=path.name).convert("RGB"),
+                                                 (self.size, self.size), method=Image.Resampling.LANCZOS)) for path in self.files])
+
+    def listing(self) -> list[list]:
+        """What decides the training data: each file's name, bytes and caption (a resumed run checks it)."""
+        return [[path.name, path.stat().st_size, caption] for path, caption in zip(self.files, self.captions)]
+
+
+def _listed(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+@checked(folder=check_path, size=side, caption=optional(text))
+def check_training_folder(folder: str | Path, size: int = 1024, *, caption: str | None = None) -> TrainingPictures:
+    """Check a folder of pictures for LoRA training before any work: at least MIN_PICTURES PNG, JPEG or WebP files
+    that open, none smaller than `size` on its shorter side, each with a caption, from `<name>.txt` beside it
+    (UTF-8), or `caption` for all of them (DreamBooth's way: one prompt with a rare word, 'a photo of sks dog').
+    Every problem found is named with its files and its fix, all at once."""
+    from helpers.inputs import load_image
+
+    folder = folder.expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder={str(folder)!r} is not a folder. Give the folder that holds your training "
+                                f"pictures (relative paths start at {Path.cwd()}).")
+    entries = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+    files = [path for path in entries if path.is_file() and path.suffix.lower() in PICTURE_SUFFIXES]
+    others = [path.name for path in entries if path.is_file() and path not in files and path.suffix.lower() != ".txt"]
+    problems = []
+    if others:
+        problems.append(f"files that are not PNG, JPEG or WebP pictures: {_listed(others)}; convert them (HEIC, "
+                        "GIF, TIFF...) to PNG or JPEG, or move them out of the folder")
+    if len(files) < MIN_PICTURES:
+        problems.append(f"{len(files)} picture(s), fewer than the {MIN_PICTURES} needed (5 to 20 is usual for one "
+                        "subject)")
+    if len(files) > MAX_PICTURES:
+        problems.append(f"{len(files)} pictures, more than the {MAX_PICTURES:,} accepted")
+    small, unreadable, captions, uncaptioned = [], [], [], []
+    for path in files[:MAX_PICTURES]:
+        try:
+            width, height = load_image(path, name=path.name).size
+        except (ValueError, OSError) as error:
+            unreadable.append(f"{path.name} ({error})")
+            continue
+        if min(width, height) < size:
+            small.append(f"{path.name} ({width}x{height})")
+        if caption is not None:
+            captions.append(caption)
+            continue
+        sidecar = path.with_suffix(".txt")
+        try:
+            written = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
+        except (OSError, UnicodeDecodeError):
+            written = ""
+        if not written:
+            uncaptioned.append(path.name)
+        captions.append(written)
+    if unreadable:
+        problems.append(f"pictures that do not open: {_listed(unreadable, 3)}")
+    if small:
+        problems.append(f"pictures smaller than {size} px on their shorter side, which training would blow up: "
+                        f"{_listed(small)}; use larger pictures, or a smaller size=")
+    if uncaptioned:
+        problems.append(f"pictures without a caption (a non-empty UTF-8 .txt file of the same name): "
+                        f"{_listed(uncaptioned)}; write those, or pass caption='a photo of sks dog' for all")
+    if problems:
+        raise ValueError(f"folder={str(folder)!r} cannot be trained on yet: " + "; ".join(problems) + ".")
+    return TrainingPictures(folder, tuple(files), tuple(captions), size)
 
 
 # --- Training --------------------------------------------------------------------------------------------------
@@ -161,12 +271,21 @@ def _check_pipeline(pipe) -> None:
         raise ValueError("pipe has no T5 (text_encoder_3); train on a pipeline loaded with all three text encoders.")
 
 
+@dataclass(frozen=True)
+class _Captioned:
+    caption: str
+
+
 @checked(pipe=pipeline, out=check_path, recipe=instance(LoraRecipe, "a helpers.lora.LoraRecipe"),
+         pictures=optional(instance(TrainingPictures, "what check_training_folder() returns")),
          work=optional(check_path), show_progress=flag)
-def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, work: str | Path | None = None,
-               show_progress: bool = True) -> Path:
+def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, pictures: TrainingPictures | None = None,
+               work: str | Path | None = None, show_progress: bool = True) -> Path:
     """Train LoRA adapters on `pipe`'s transformer by `recipe` and save them to the folder `out` in diffusers'
     format (`pytorch_lora_weights.safetensors`), with `lora.json` beside them: the recipe and the losses.
+
+    It learns from the toy world's pictures of `recipe.concept`, or from `pictures`, a reader's folder checked by
+    `check_training_folder` (then `recipe.concept` and `recipe.pool` are not used).
 
     `pipe` is left as it was: the adapter layers are taken out when training ends, however it ends. Checkpoints go to
     `work` (default: `out` + '.work'); run the same call again after a stop to resume.
@@ -190,27 +309,42 @@ def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, work
     )
 
     _check_pipeline(pipe)
+    if pictures is not None:
+        from helpers.experiments import max_side
+
+        if recipe.prior_share:
+            raise ValueError(f"recipe.prior_share={recipe.prior_share} keeps known scenes of the toy world in each "
+                             "batch, which only the toy knows; with your own pictures use "
+                             "LoraRecipe(prior_share=0).")
+        largest = max_side(pipe)
+        if largest and pictures.size > largest:
+            raise ValueError(f"pictures are {pictures.size} px a side, more than this pipeline's largest "
+                             f"({largest}); check the folder again with a smaller size=.")
     out = check_path(out, "out")
     _check_out(out)
     output_folder(out.parent, "out")
     work = output_folder(work if work is not None else out.with_name(out.name + ".work"), "work")
     checkpoint = work / "checkpoint.safetensors"
     recipe_file = work / "recipe.json"
-    wanted = {"recipe": asdict(recipe)}
+    wanted = {"recipe": asdict(recipe), **({"pictures": pictures.listing()} if pictures is not None else {})}
     try:
         found = json.loads(recipe_file.read_text()) if recipe_file.is_file() else wanted
     except (OSError, ValueError):
         found = None
     if found != wanted:
-        raise ValueError(f"work={str(work)!r} holds checkpoints of another recipe: delete that folder to start again, "
-                         "or pass another work folder.")
+        raise ValueError(f"work={str(work)!r} holds checkpoints of another recipe or other pictures: delete that "
+                         "folder to start again, or pass another work folder.")
     recipe_file.write_text(json.dumps(wanted, indent=1))
 
-    concept, prior = training_scenes(recipe)
+    if pictures is None:
+        concept, prior = training_scenes(recipe)
+        drawn = np.stack([np.asarray(spec.draw()) for spec in concept + prior])
+    else:
+        concept, prior = [_Captioned(caption) for caption in pictures.captions], []
+        drawn = pictures.arrays()
     scenes = concept + prior
-    pictures = np.stack([np.asarray(spec.draw()) for spec in scenes])
     index = {id(spec): number for number, spec in enumerate(scenes)}
-    means, stds = encode_pool(pipe.vae, pictures)
+    means, stds = encode_pool(pipe.vae, drawn)
     # the text encoders stay frozen: every caption a batch can hold is encoded once, without gradients (a step
     # that ran them, and backpropagated through them, took half as long again on the toy)
     texts = sorted({spec.caption for spec in scenes} | {""})
@@ -275,7 +409,8 @@ def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, work
         layers = {name: tensor.detach().to(torch.float32).contiguous() for name, tensor in
                   get_peft_model_state_dict(transformer, adapter_name=TRAINING_ADAPTER).items()}
         StableDiffusion3Pipeline.save_lora_weights(staging, transformer_lora_layers=layers, safe_serialization=True)
-        summary = {"recipe": asdict(recipe), "targets": list(TARGETS), "steps": progress.step,
+        summary = {"recipe": asdict(recipe), **({"pictures": pictures.listing()} if pictures is not None else {}),
+                   "targets": list(TARGETS), "steps": progress.step,
                    "loss_curve": _curve(progress.loss), "training_seconds": round(progress.seconds, 1),
                    "parameters": sum(tensor.numel() for tensor in layers.values()),
                    "base": _base_summary(pipe)}

@@ -318,6 +318,7 @@ NOT_FUZZED = {
     "lora.LoraRecipe": "checked in __post_init__ (tests/test_lora.py)",
     "lora.check_lora": "reads a LoRA file against a pipeline: tests/test_lora.py gives it files that do not fit",
     "lora.concept_scene": "its door checks the seed and the concept; tests/test_lora.py draws with it",
+    "lora.check_training_folder": "reads a folder: tests/test_lora.py gives it folders with each problem it names",
     "training.Recipe": "checked in __post_init__ (tests/test_training.py)",
     "training.flow_matching_loss": "notebook 09 shows it as the training code, with the recipe's own values",
     "training.step_rng": "as flow_matching_loss",

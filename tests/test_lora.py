@@ -165,3 +165,63 @@ def test_bad_recipes_and_folders_are_refused_before_work(tmp_path):
     with pytest.raises(ValueError, match="not an adapter train_lora saved"):
         lora.train_lora(toy(), mine, SHORT, show_progress=False)
     assert (mine / "beach.jpg").read_bytes() == b"not ours"
+
+
+def picture_folder(folder: Path, count: int = 4, size: int = 64) -> Path:
+    """A reader's folder as check_training_folder expects it: pictures of rings with a caption file each."""
+    folder.mkdir()
+    for seed in range(count):
+        scene = lora.concept_scene(seed)
+        scene.draw().resize((size, size)).save(folder / f"ring-{seed}.png")
+        (folder / f"ring-{seed}.txt").write_text(scene.caption + "\n", encoding="utf-8")
+    return folder
+
+
+def test_a_readers_own_folder_is_checked_then_trained_on(tmp_path):
+    from dataclasses import replace
+
+    folder = picture_folder(tmp_path / "my-rings", size=80)
+    found = lora.check_training_folder(folder, 64)
+    assert [path.name for path in found.files] == [f"ring-{seed}.png" for seed in range(4)]
+    assert found.captions == tuple(lora.concept_scene(seed).caption for seed in range(4))
+    assert found.arrays().shape == (4, 64, 64, 3)
+    with pytest.raises(ValueError, match="prior_share"):  # the toy world's known scenes are no reader's class
+        lora.train_lora(toy(), tmp_path / "refused", SHORT, pictures=found, show_progress=False)
+    recipe = replace(SHORT, prior_share=0.0, steps=4)  # batch 4 from 4 pictures
+    out = lora.train_lora(toy(), tmp_path / "my-lora", recipe, pictures=found, show_progress=False)
+    assert json.loads((out / "lora.json").read_text())["pictures"] == found.listing()
+    pipe = toy()
+    pipe.load_lora_weights(out)
+    assert pipe.transformer.peft_config
+    (folder / "ring-0.txt").write_text("another caption", encoding="utf-8")  # the data changed under the checkpoint
+    with pytest.raises(ValueError, match="other pictures"):
+        lora.train_lora(toy(), tmp_path / "my-lora", recipe, pictures=lora.check_training_folder(folder, 64),
+                        show_progress=False)
+    one = lora.check_training_folder(folder, 64, caption="a photo of a sks ring")
+    assert set(one.captions) == {"a photo of a sks ring"}
+
+
+def test_a_folder_that_cannot_be_trained_on_names_every_problem_and_its_fix(tmp_path):
+    folder = picture_folder(tmp_path / "mixed", count=3)
+    (folder / "ring-0.txt").unlink()
+    lora.concept_scene(5).draw().resize((32, 32)).save(folder / "tiny.png")
+    (folder / "tiny.txt").write_text("a small ring", encoding="utf-8")
+    (folder / "photo.HEIC").write_bytes(b"\x00" * 16)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / ".DS_Store").write_bytes(b"\x00")  # hidden files are not the reader's pictures: left alone
+    with pytest.raises(ValueError) as refused:
+        lora.check_training_folder(folder, 64)
+    message = str(refused.value)
+    for part in ("photo.HEIC", "convert them", "broken.jpg", "tiny.png (32x32)", "smaller size=",
+                 "without a caption", "ring-0.png", "caption='"):
+        assert part in message, part
+    assert "ring-1.png" not in message
+    with pytest.raises(ValueError, match=r"1 picture\(s\), fewer than the 3"):
+        lora.check_training_folder(picture_folder(tmp_path / "one", count=1), 64)
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        lora.check_training_folder(tmp_path / "nowhere", 64)
+    with pytest.raises(ValueError, match="size=100 must be a positive multiple of 16"):
+        lora.check_training_folder(folder, 100)
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        [".DS_Store", "broken.jpg", "photo.HEIC", "ring-0.png", "ring-1.png", "ring-1.txt", "ring-2.png", "ring-2.txt",
+         "tiny.png", "tiny.txt"])

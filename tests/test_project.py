@@ -279,7 +279,7 @@ def test_the_test_command_also_runs_notebooks_on_the_t4_route_and_has_a_quick_ti
     assert all((ROOT / "notebooks" / f"{name}.ipynb").is_file() for name in conftest.T4_NOTEBOOKS)
     collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "--t4-route", "notebooks"],
                                cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert [line for line in collected.splitlines() if line.endswith("[colab-t4]")] == [
+    assert sorted(line for line in collected.splitlines() if line.endswith("[colab-t4]")) == [
         f"notebooks/{name}.ipynb::{name}.ipynb[colab-t4]" for name in conftest.T4_NOTEBOOKS]
     (quick, env), = dev.test_commands(["--quick"])
     assert "tests" in quick and "--ignore=tests/test_browser.py" in quick and "SD35_MACHINE" not in env

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +53,10 @@ def quiet_irrelevant_notices() -> None:
         notices = logging.getLogger(name)
         if _without_irrelevant_notices not in notices.filters:
             notices.addFilter(_without_irrelevant_notices)
+    # peft warns on every LoRA loaded under a second name that the model "will have multiple adapters": that is
+    # what loading under names is for (set_adapters mixes them, notebook 11).
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute in the model",
+                            category=UserWarning)
 
 
 def _without_irrelevant_notices(record: logging.LogRecord) -> bool:

@@ -61,6 +61,9 @@ CONCEPT_SEEDS_START = 20_000_000
 """Seeds of the concept's training scenes (the toy's own training pool starts at 10 million, evaluations below)."""
 
 
+OPTIMIZERS = ("adamw", "adamw-8bit")
+
+
 @dataclass(frozen=True)
 class LoraRecipe:
     """Everything that decides a trained adapter. The defaults are notebook 11's."""
@@ -84,6 +87,12 @@ class LoraRecipe:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     checkpoint_every: int = 50
+    gradient_checkpointing: bool = False
+    """Make each block's activations again in the backward pass instead of keeping them (diffusers'
+    `enable_gradient_checkpointing`): less memory for more time. SD3.5 needs it on cards under 40 GB
+    (helpers.lora_memory)."""
+    optimizer: str = "adamw"
+    """'adamw' (PyTorch's, two float32 moments per value) or 'adamw-8bit' (bitsandbytes' AdamW8bit, 8-bit moments)."""
 
     def __post_init__(self) -> None:
         whole(0, 2**32 - 1)(self.seed, "seed")
@@ -99,6 +108,8 @@ class LoraRecipe:
             number(0, 1)(getattr(self, name), name)
         number(-10, 10)(self.logit_mean, "logit_mean")
         number(0, 10, above=True)(self.logit_std, "logit_std")
+        flag(self.gradient_checkpointing, "gradient_checkpointing")
+        one_of(*OPTIMIZERS)(self.optimizer, "optimizer")
 
 
 @dataclass
@@ -355,7 +366,7 @@ def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, pict
     text_embeds, text_pooled = (torch.cat(parts) for parts in zip(*encoded))
 
     transformer = pipe.transformer
-    was_training = transformer.training
+    was_training, was_checkpointing = transformer.training, transformer.is_gradient_checkpointing
     grads = {name: parameter.requires_grad for name, parameter in transformer.named_parameters()}
     transformer.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):  # the adapters' first values from the seed, the reader's RNG untouched
@@ -366,7 +377,14 @@ def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, pict
         parameters = [parameter for parameter in transformer.parameters() if parameter.requires_grad]
         for parameter in parameters:  # the adapters train in float32 on a base in any dtype (QLoRA's way)
             parameter.data = parameter.data.float()
-        optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=0.0)
+        if recipe.optimizer == "adamw-8bit":
+            import bitsandbytes
+
+            optimizer = bitsandbytes.optim.AdamW8bit(parameters, lr=recipe.lr, weight_decay=0.0)
+        else:
+            optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=0.0)
+        if recipe.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
         progress = LoraProgress()
         saved = load_checkpoint(checkpoint)
         if saved is not None:
@@ -423,6 +441,8 @@ def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, pict
         os.replace(staging, out)
         return out
     finally:
+        if recipe.gradient_checkpointing and not was_checkpointing:
+            transformer.disable_gradient_checkpointing()
         transformer.unload_lora()  # the peft layers out again, the base layers back in their places
         for name, parameter in transformer.named_parameters():
             parameter.requires_grad_(grads.get(name, False))

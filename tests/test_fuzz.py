@@ -319,6 +319,8 @@ NOT_FUZZED = {
     "lora.check_lora": "reads a LoRA file against a pipeline: tests/test_lora.py gives it files that do not fit",
     "lora.concept_scene": "its door checks the seed and the concept; tests/test_lora.py draws with it",
     "lora.check_training_folder": "reads a folder: tests/test_lora.py gives it folders with each problem it names",
+    "lora_memory.training_table": "reads committed measurements for a model its door checks (tests/test_lora.py)",
+    "lora_memory.training_estimate": "as training_table, for one size and recipe its door checks",
     "training.Recipe": "checked in __post_init__ (tests/test_training.py)",
     "training.flow_matching_loss": "notebook 09 shows it as the training code, with the recipe's own values",
     "training.step_rng": "as flow_matching_loss",

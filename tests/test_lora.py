@@ -225,3 +225,61 @@ def test_a_folder_that_cannot_be_trained_on_names_every_problem_and_its_fix(tmp_
     assert sorted(path.name for path in folder.iterdir()) == sorted(
         [".DS_Store", "broken.jpg", "photo.HEIC", "ring-0.png", "ring-1.png", "ring-1.txt", "ring-2.png", "ring-2.txt",
          "tiny.png", "tiny.txt"])
+
+
+def test_the_training_memory_table_counts_what_the_architecture_keeps():
+    from helpers import lora_memory
+    from helpers.architecture import build_component
+
+    committed = json.loads(lora_memory.ACTIVATIONS_FILE.read_text())
+    for checkpointing, key in ((True, "checkpointed"), (False, "full")):  # the committed numbers are today's code's
+        assert lora_memory.measure_activations("medium", 512, checkpointing=checkpointing) == committed["medium"][
+            "512"][key]
+    transformer = build_component("medium", "transformer", device="meta")
+    layers = [module for name, module in transformer.named_modules()
+              if name.endswith(lora.TARGETS) and isinstance(module, torch.nn.Linear)]
+    assert committed["medium"]["512"]["full"]["adapter_values"] == sum(
+        lora_memory.RANK * (layer.in_features + layer.out_features) for layer in layers)
+    for model in ("large", "medium"):
+        for size in lora_memory.SIZES:
+            plain, checkpointed, qlora = (lora_memory.training_estimate(model, size, recipe)
+                                          for recipe in ("lora", "lora-checkpointing", "qlora"))
+            assert checkpointed.activations_gb < plain.activations_gb and qlora.weights_gb < checkpointed.weights_gb
+            assert qlora.peak_gb < checkpointed.peak_gb < plain.peak_gb
+    rows = lora_memory.training_table("large")
+    assert len(rows) == len(lora_memory.RECIPES) * len(lora_memory.SIZES)
+    assert [key for key in rows[0] if key.endswith("GB") and key != "estimated peak"] == [
+        "T4 15.8 GB", "A10G 24 GB", "L4 24 GB", "A100 40 GB", "H100 80 GB"]
+    with pytest.raises(ValueError, match="size=640"):
+        lora_memory.training_estimate("large", 640)
+    with pytest.raises(ValueError, match="recipe="):
+        lora_memory.training_estimate("large", 1024, "dreambooth")
+
+
+def test_the_sd35_recipe_trains_on_an_nf4_base_with_checkpointing_and_8bit_adam(tmp_path):
+    """QLoRA as SD3.5 needs it on a 16-24 GB card, here on the toy: every linear layer of the transformer NF4
+    (bitsandbytes' Linear4bit, the layers BitsAndBytesConfig makes on a GPU), gradient checkpointing, 8-bit AdamW.
+    Checkpointing changes the memory a step needs, not what it computes; the adapter loads into a plain pipeline."""
+    from dataclasses import replace
+
+    from helpers.quantization import count_4bit_layers, quantize_linear_layers_nf4
+
+    short = replace(SHORT, steps=4)
+    kept = load_file(lora.train_lora(toy(), tmp_path / "kept", short, show_progress=False) / lora.WEIGHTS_NAME)
+    checkpointed = replace(short, gradient_checkpointing=True)
+    remade = load_file(lora.train_lora(toy(), tmp_path / "remade", checkpointed, show_progress=False)
+                       / lora.WEIGHTS_NAME)
+    assert kept.keys() == remade.keys()
+    assert all(torch.allclose(kept[key], remade[key], atol=1e-6) for key in kept)
+    pipe = toy()
+    quantize_linear_layers_nf4(pipe.transformer, torch.float32)
+    layers = count_4bit_layers(pipe.transformer)
+    out = lora.train_lora(pipe, tmp_path / "qlora", replace(checkpointed, optimizer="adamw-8bit"),
+                          show_progress=False)
+    assert count_4bit_layers(pipe.transformer) == layers and not pipe.transformer.is_gradient_checkpointing
+    losses = [loss for _, loss in json.loads((out / "lora.json").read_text())["loss_curve"]]
+    assert losses and all(np.isfinite(losses))
+    plain = toy()
+    assert lora.check_lora(plain, out).layers == {"transformer": len(kept) // 2}
+    plain.load_lora_weights(out)
+    assert plain.transformer.peft_config

@@ -86,6 +86,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def kill_part_way(script: str, part_way, timeout_s: float = 120) -> None:
+    """Run `script` in a fresh Python on one thread and kill it hard (SIGKILL, as a crash or a closed laptop does)
+    as soon as `part_way()` holds; fails the test if it finished first."""
+    import signal
+
+    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if part_way():
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
 ONE_PROCESS = {"LoRA": ("notebooks/11_fine_tuning_with_lora.ipynb", "tests/test_lora.py"),
                "sliders": ("notebooks/05_guidance_scale_tuning.ipynb", "notebooks/07_inpainting.ipynb",
                            "tests/test_browser.py")}

@@ -341,19 +341,36 @@ def load_checkpoint(path: Path) -> dict | None:
                          f"{error}). Delete it to train that stage again from its start.") from None
 
 
+def saved_by_us(out: Path, summary: str, beside: str, keys: set[str]) -> bool:
+    """Whether the folder `out` holds what a run of ours saved: a JSON `summary` naming `keys`, with `beside` next to
+    it (a folder that is a link, or whose summary does not read, is not)."""
+    if not out.is_dir() or out.is_symlink() or not (out / summary).is_file() or not (out / beside).is_file():
+        return False
+    try:
+        return keys <= set(json.loads((out / summary).read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def claim_work_folder(work: Path, wanted: dict, differs: str, option: str) -> None:
+    """Mark `work` as holding checkpoints of `wanted` (a recipe and what else decides them), refusing a folder that
+    holds checkpoints of something else (`differs` names what, `option` the parameter that picks another)."""
+    recipe_file = work / "recipe.json"
+    try:
+        found = json.loads(recipe_file.read_text()) if recipe_file.is_file() else wanted
+    except (OSError, ValueError):
+        found = None  # damaged: not the recipe wanted
+    if found != wanted:
+        raise ValueError(f"work={str(work)!r} holds checkpoints of {differs}: delete that folder to start again, or "
+                         f"pass another {option} folder.")
+    recipe_file.write_text(json.dumps(wanted, indent=1))
+
+
 def _check_out(out: Path) -> None:
     """`out` may be written: it does not exist, or it is a pipeline an earlier run of this command saved (its
     training.json names a recipe and a code version). Anything else is the reader's: refused, never removed."""
-    summary = out / "training.json"
-    if not out.exists() and not out.is_symlink():
-        return
-    ours = False
-    if out.is_dir() and not out.is_symlink() and summary.is_file() and (out / "model_index.json").is_file():
-        try:
-            ours = {"recipe", "code_version"} <= set(json.loads(summary.read_text()))
-        except (OSError, ValueError):
-            ours = False
-    if not ours:
+    if (out.exists() or out.is_symlink()) and not saved_by_us(out, "training.json", "model_index.json",
+                                                              {"recipe", "code_version"}):
         raise ValueError(f"--out {str(out)!r} exists and is not a model this command trained: it is left as it is. "
                          "Choose a folder that does not exist yet, or move that one away yourself.")
 
@@ -574,16 +591,8 @@ def train(out: str | Path, recipe: Recipe = Recipe(), *, work: str | Path | None
     output_folder(out.parent, "--out")  # its folder can be written (the result is renamed into place there)
     work = output_folder(work if work is not None else out.with_name(out.name + ".work"), "--work")
     checkpoint = work / CHECKPOINT
-    recipe_file = work / "recipe.json"
-    wanted = {"recipe": asdict(recipe), "code": code_version()}
-    try:
-        found = json.loads(recipe_file.read_text()) if recipe_file.is_file() else wanted
-    except (OSError, ValueError):
-        found = None  # damaged: not the recipe wanted
-    if found != wanted:
-        raise ValueError(f"work={str(work)!r} holds checkpoints of another recipe or code version: delete that folder "
-                         "to start again, or pass another --work folder.")
-    recipe_file.write_text(json.dumps(wanted, indent=1))
+    claim_work_folder(work, {"recipe": asdict(recipe), "code": code_version()}, "another recipe or code version",
+                      "--work")
 
     pipe = build_toy_pipeline(recipe.seed)
     scenes, pictures = scene_pool(recipe, work)

@@ -2,11 +2,6 @@
 with plain diffusers, equals the base model at scale 0, resumes after a kill; a file that does not fit is named."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import kill_part_way
 from helpers import lora
 from helpers.evaluation import evaluation_scenes, generate_batch, judged
 from helpers.experiments import pipeline_fingerprint
@@ -99,17 +95,11 @@ def test_a_killed_run_resumes_to_the_same_adapter(tmp_path):
     script = (f"from helpers import lora; from helpers.loading import load_pipeline; "
               f"lora.train_lora(load_pipeline('toy', machine=None), {str(out)!r}, lora.LoraRecipe({recipe}), "
               f"work={str(work)!r}, show_progress=False)")
-    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 120
-    # Kill it hard once it has saved a checkpoint part-way through (every 4 steps of 40).
-    while time.monotonic() < deadline and process.poll() is None:
+    def part_way() -> bool:  # a checkpoint saved before the end (every 4 steps of 40)
         step = _step(work / "checkpoint.safetensors")
-        if step is not None and step < SHORT.steps:
-            os.kill(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        return step is not None and step < SHORT.steps
+
+    kill_part_way(script, part_way)
     assert not out.exists()
     lora.train_lora(toy(), out, SHORT, work=work, show_progress=False)
     first, second = load_file(reference / lora.WEIGHTS_NAME), load_file(out / lora.WEIGHTS_NAME)

@@ -1,17 +1,13 @@
 """Training the toy model: a few steps on a small pool. Losses fall, runs repeat exactly, a killed run resumes."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import kill_part_way
 from helpers import training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,17 +48,9 @@ def test_a_killed_run_resumes_to_the_same_weights(short_run, tmp_path):
     recipe = ", ".join(f"{name}={value!r}" for name, value in vars(SHORT).items())
     script = (f"from helpers import training; training.train({str(out)!r}, training.Recipe({recipe}), "
               f"work={str(work)!r}, show_progress=False)")
-    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 120
-    # Kill it hard once the transformer stage has saved a checkpoint, part-way through.
-    while time.monotonic() < deadline and process.poll() is None:
-        checkpoint = work / training.CHECKPOINT
-        if checkpoint.is_file() and _stage(checkpoint) == "transformer":
-            os.kill(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    # Killed once the transformer stage has saved a checkpoint, part-way through.
+    checkpoint = work / training.CHECKPOINT
+    kill_part_way(script, lambda: checkpoint.is_file() and _stage(checkpoint) == "transformer")
     assert not out.exists()
     resumed = training.train(out, SHORT, work=work, show_progress=False)
     first, second = weights(short_run), weights(resumed)

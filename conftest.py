@@ -102,12 +102,13 @@ def kill_part_way(script: str, part_way, timeout_s: float = 120) -> None:
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
 
-ONE_PROCESS = {"LoRA": ("notebooks/11_fine_tuning_with_lora.ipynb", "tests/test_lora.py"),
-               "sliders": ("notebooks/05_guidance_scale_tuning.ipynb", "notebooks/07_inpainting.ipynb",
-                           "tests/test_browser.py")}
-"""Files that test processes side by side run in one process, in this order, where a file reuses what the one
+ONE_PROCESS = {"LoRA and sliders": ("notebooks/11_fine_tuning_with_lora.ipynb", "tests/test_lora.py",
+                                    "notebooks/05_guidance_scale_tuning.ipynb", "notebooks/07_inpainting.ipynb",
+                                    "tests/test_browser.py")}
+"""Files that test processes side by side run in one process, in this order, where a file reuses what the ones
 before it made in the process's output folder, as a reader's second run does: tests/test_lora.py the adapter
-notebook 11 trained (its finished checkpoint), the browser tests the sweeps of the notebooks they run again."""
+notebook 11 trained (its finished checkpoint), the browser tests the sweeps and the adapter of the notebooks they
+run again."""
 
 
 def pytest_xdist_make_scheduler(config, log):

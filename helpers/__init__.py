@@ -79,6 +79,7 @@ _EXPORTS = {
     "region_difference": "experiments",
     "ImageToImageExplorer": "widgets",
     "InpaintingExplorer": "widgets",
+    "LoraScaleExplorer": "widgets",
     "prepare_image": "inputs",
     "prepare_mask": "inputs",
     "blend": "inputs",

@@ -56,7 +56,7 @@ from helpers.models import model_name
 
 PARAMETERS = {
     "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "height", "width", "seed",
-    "max_sequence_length", "strength", "image", "mask_image",
+    "max_sequence_length", "strength", "image", "mask_image", "joint_attention_kwargs",
     "skip_guidance_layers", "skip_layer_guidance_scale", "skip_layer_guidance_start", "skip_layer_guidance_stop",
 }
 """The settings a sweep can fix or vary: the pipeline's arguments, and `seed` for its generator."""
@@ -131,7 +131,32 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
     if settings.get("mask_image") is not None and settings.get("image") is None:
         raise ValueError("mask_image is given without image: inpainting needs the picture to paint in as `image`.")
     _check_skip_layer_guidance(settings, checked)
+    if settings.get("joint_attention_kwargs") is not None:
+        scale = _check_lora_scale(settings["joint_attention_kwargs"])
+        if scale == 1.0:  # the LoRA as loaded: the same picture as without the setting, so the same key
+            del checked["joint_attention_kwargs"]
+        else:
+            checked["joint_attention_kwargs"] = {"scale": scale}
     return checked
+
+
+LORA_SCALE = (-10.0, 10.0)
+"""The LoRA scales a sweep takes (`joint_attention_kwargs={"scale": ...}`): 0 is the base model, 1 the LoRA as
+loaded; negative scales push away from what it learned."""
+
+
+def _check_lora_scale(value: Any) -> float:
+    if not isinstance(value, dict) or set(value) != {"scale"}:
+        raise ValueError(f"joint_attention_kwargs={shown(value)}: here it carries only the LoRA scale, as "
+                         "{'scale': 0.5}.")
+    return number(*LORA_SCALE)(value["scale"], "joint_attention_kwargs['scale']")
+
+
+def has_lora(pipe) -> bool:
+    """Whether `pipe`'s transformer has LoRA layers (peft's, as `load_lora_weights` adds them)."""
+    transformer = getattr(pipe, "transformer", None)
+    return transformer is not None and any(isinstance(getattr(layer, "scaling", None), dict) and layer.scaling
+                                           for layer in transformer.modules())
 
 
 PER_PICTURE = ("negative_prompt", "image", "mask_image", "prompt_2", "prompt_3", "negative_prompt_2",
@@ -221,6 +246,10 @@ def check_for_pipeline(pipe, settings: dict[str, Any]) -> None:
     count = getattr(getattr(getattr(pipe, "transformer", None), "config", None), "num_layers", None)
     if layers and isinstance(count, int) and max(layers) >= count:
         raise ValueError(f"skip_guidance_layers={shown(layers)}: this transformer has layers 0 to {count - 1}.")
+    if settings.get("joint_attention_kwargs") is not None and not has_lora(pipe):
+        raise ValueError(f"joint_attention_kwargs={settings['joint_attention_kwargs']} scales a LoRA, but this "
+                         "pipeline has none loaded: the picture would be the base model's. Load one first with "
+                         "pipe.load_lora_weights(folder).")
     accepted = inspect.signature(pipe.__call__).parameters
     for name in ("image", "mask_image", "strength", *(n for n in settings if n.startswith("skip_"))):
         if settings.get(name) is not None and name not in accepted:

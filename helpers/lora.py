@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
+import re
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,11 @@ CONCEPT_SEEDS_START = 20_000_000
 
 
 OPTIMIZERS = ("adamw", "adamw-8bit")
+WEIGHTING_SCHEMES = ("logit_normal", "mode", "sigma_sqrt", "cosmap", "none")
+"""The `--weighting_scheme` choices of diffusers' SD3 training scripts (helpers.training.flow_matching_loss)."""
+MODE_SCALES = (-1.0, 2 / (math.pi - 2))
+"""The `mode_scale` values for which the "mode" density's map from a uniform draw to a noise level stays
+monotone and inside 0..1 (checked on a grid of 100,001 points; 1.76 is not)."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,19 @@ class LoraRecipe:
     prior_share: float = 0.25
     """Share of each batch from scenes the model already knew, captioned as it learned them (0: none)."""
     caption_dropout: float = 0.1
+    weighting_scheme: str = "logit_normal"
+    """How noise levels are drawn and the loss weighted, by the names of diffusers' SD3 training scripts (their
+    `--weighting_scheme`): "logit_normal" (SD3's), "mode", or uniform levels with the loss weighted by
+    "sigma_sqrt", "cosmap" or "none". Each is compared on the toy in WEIGHTINGS_FILE (notebook 11's table)."""
     logit_mean: float = 0.0
+    """Centre of the logit-normal draw; above 0 trains more at high noise. (diffusers' scripts index their
+    scheduler's timesteps, which run from high noise to low, with the draw: there the sign is the other way.)"""
     logit_std: float = 1.0
+    mode_scale: float = 1.29
+    """The "mode" density's scale (diffusers' default): above 0 trains more at middle noise levels."""
+    precondition_outputs: bool = False
+    """Compare the clean latent the prediction implies with the true one (diffusers' `--precondition_outputs`),
+    instead of the velocity with the true velocity."""
     checkpoint_every: int = 50
     gradient_checkpointing: bool = False
     """Make each block's activations again in the backward pass instead of keeping them (diffusers'
@@ -108,6 +127,13 @@ class LoraRecipe:
             number(0, 1)(getattr(self, name), name)
         number(-10, 10)(self.logit_mean, "logit_mean")
         number(0, 10, above=True)(self.logit_std, "logit_std")
+        one_of(*WEIGHTING_SCHEMES)(self.weighting_scheme, "weighting_scheme")
+        number(*MODE_SCALES)(self.mode_scale, "mode_scale")
+        flag(self.precondition_outputs, "precondition_outputs")
+        if self.weighting_scheme == "sigma_sqrt" and not self.precondition_outputs:
+            raise ValueError("weighting_scheme='sigma_sqrt' weights each loss by 1/sigma^2, which cancels the sigma^2 "
+                             "of preconditioned outputs and is meant for them; on the velocity loss it reaches a "
+                             "million at low noise. Add precondition_outputs=True, or pick another scheme.")
         flag(self.gradient_checkpointing, "gradient_checkpointing")
         one_of(*OPTIMIZERS)(self.optimizer, "optimizer")
 
@@ -281,6 +307,60 @@ class _Captioned:
     caption: str
 
 
+@contextmanager
+def training_adapters(transformer, recipe: LoraRecipe):
+    """`transformer` with trainable adapters of `recipe` on the layers of TARGETS (named TRAINING_ADAPTER), in
+    float32 on a base in any dtype (QLoRA's way), and the recipe's gradient checkpointing: yields the adapters'
+    parameters and the recipe's optimizer over them. Afterwards the transformer is as it was, however the block
+    ends: adapters out, checkpointing, requires_grad and train mode as before."""
+    import torch
+    from peft import LoraConfig
+
+    was_training, was_checkpointing = transformer.training, transformer.is_gradient_checkpointing
+    grads = {name: parameter.requires_grad for name, parameter in transformer.named_parameters()}
+    transformer.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):  # the adapters' first values from the seed, the reader's RNG untouched
+        torch.manual_seed(recipe.seed)
+        transformer.add_adapter(LoraConfig(r=recipe.rank, lora_alpha=recipe.rank, init_lora_weights="gaussian",
+                                           target_modules=list(TARGETS)), adapter_name=TRAINING_ADAPTER)
+    try:
+        parameters = [parameter for parameter in transformer.parameters() if parameter.requires_grad]
+        for parameter in parameters:
+            parameter.data = parameter.data.float()
+        if recipe.optimizer == "adamw-8bit":
+            import bitsandbytes
+
+            optimizer = bitsandbytes.optim.AdamW8bit(parameters, lr=recipe.lr, weight_decay=0.0)
+        else:
+            optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=0.0)
+        if recipe.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        yield parameters, optimizer
+    finally:
+        if recipe.gradient_checkpointing and not was_checkpointing:
+            transformer.disable_gradient_checkpointing()
+        transformer.unload_lora()  # the peft layers out again, the base layers back in their places
+        for name, parameter in transformer.named_parameters():
+            parameter.requires_grad_(grads.get(name, False))
+        transformer.train(was_training)
+
+
+def lora_step(pipe, recipe: LoraRecipe, step: int, latents, embeddings, optimizer, parameters):
+    """One update of the adapters: the flow-matching loss of `latents` with `recipe`'s weighting, on prompts encoded
+    beforehand (`embeddings`: prompt embeddings and pooled ones), its gradients clipped and applied. Returns the
+    loss."""
+    import torch
+
+    from helpers.training import _optimizer_step, flow_matching_loss
+
+    loss = flow_matching_loss(pipe, recipe, step, latents, [""] * len(latents),
+                              torch.zeros(len(latents), dtype=torch.bool), embeddings=embeddings,
+                              weighting_scheme=recipe.weighting_scheme, mode_scale=recipe.mode_scale,
+                              precondition_outputs=recipe.precondition_outputs)
+    _optimizer_step(optimizer, loss.float(), parameters)
+    return loss
+
+
 @checked(pipe=pipeline, out=check_path, recipe=instance(LoraRecipe, "a helpers.lora.LoraRecipe"),
          pictures=optional(instance(TrainingPictures, "what check_training_folder() returns")),
          work=optional(check_path), show_progress=flag)
@@ -298,18 +378,15 @@ def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, pict
     import numpy as np
     import torch
     from diffusers import StableDiffusion3Pipeline
-    from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from tqdm.auto import tqdm
 
     from helpers.training import (
         _curve,
         _learning_rate,
-        _optimizer_step,
         claim_work_folder,
         encode_captions,
         encode_pool,
-        flow_matching_loss,
         load_checkpoint,
         sample_latents,
         save_checkpoint,
@@ -354,25 +431,7 @@ def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, pict
     text_embeds, text_pooled = (torch.cat(parts) for parts in zip(*encoded))
 
     transformer = pipe.transformer
-    was_training, was_checkpointing = transformer.training, transformer.is_gradient_checkpointing
-    grads = {name: parameter.requires_grad for name, parameter in transformer.named_parameters()}
-    transformer.requires_grad_(False)
-    with torch.random.fork_rng(devices=[]):  # the adapters' first values from the seed, the reader's RNG untouched
-        torch.manual_seed(recipe.seed)
-        transformer.add_adapter(LoraConfig(r=recipe.rank, lora_alpha=recipe.rank, init_lora_weights="gaussian",
-                                           target_modules=list(TARGETS)), adapter_name=TRAINING_ADAPTER)
-    try:
-        parameters = [parameter for parameter in transformer.parameters() if parameter.requires_grad]
-        for parameter in parameters:  # the adapters train in float32 on a base in any dtype (QLoRA's way)
-            parameter.data = parameter.data.float()
-        if recipe.optimizer == "adamw-8bit":
-            import bitsandbytes
-
-            optimizer = bitsandbytes.optim.AdamW8bit(parameters, lr=recipe.lr, weight_decay=0.0)
-        else:
-            optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=0.0)
-        if recipe.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
+    with training_adapters(transformer, recipe) as (parameters, optimizer):
         progress = LoraProgress()
         saved = load_checkpoint(checkpoint)
         if saved is not None:
@@ -390,11 +449,9 @@ def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, pict
             latents = sample_latents(pipe.vae, means, stds, indices, generator).to(transformer.dtype)
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(recipe, step, recipe.lr, recipe.steps)
-            drop_t5 = torch.zeros(len(indices), dtype=torch.bool)
             chosen_rows = torch.tensor([rows[text] for text in captions])
-            loss = flow_matching_loss(pipe, recipe, step, latents, captions, drop_t5,
-                                      embeddings=(text_embeds[chosen_rows], text_pooled[chosen_rows]))
-            _optimizer_step(optimizer, loss.float(), parameters)
+            loss = lora_step(pipe, recipe, step, latents, (text_embeds[chosen_rows], text_pooled[chosen_rows]),
+                             optimizer, parameters)
             progress.step += 1
             progress.loss.append(round(loss.item(), 6))
             bar.update(1)
@@ -425,13 +482,6 @@ def train_lora(pipe, out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, pict
             shutil.rmtree(out)
         os.replace(staging, out)
         return out
-    finally:
-        if recipe.gradient_checkpointing and not was_checkpointing:
-            transformer.disable_gradient_checkpointing()
-        transformer.unload_lora()  # the peft layers out again, the base layers back in their places
-        for name, parameter in transformer.named_parameters():
-            parameter.requires_grad_(grads.get(name, False))
-        transformer.train(was_training)
 
 
 def _base_summary(pipe) -> dict[str, Any]:
@@ -529,20 +579,125 @@ def check_lora(pipe, source: str | Path) -> LoraFile:
     return LoraFile(path, {part: count for part, count in layers.items() if count}, tuple(sorted(ranks)))
 
 
+def measure(out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, count: int = 64) -> dict[str, Any]:
+    """Train `recipe` on the offline toy model into `out` (or reuse a finished run there) and judge, seed by seed
+    over `count` seeds, whether the ring prompts drew rings and whether the old prompts were followed, with the
+    adapter and without. On one thread, as the times in this module's notes were measured."""
+    import torch
+
+    from helpers.evaluation import evaluation_scenes, generate_batch, judged
+    from helpers.loading import load_pipeline
+    from helpers.models import get_model
+
+    whole(1, 10_000)(count, "count")
+    torch.set_num_threads(1)
+    pipe = load_pipeline("toy", machine=None)
+    pipe.set_progress_bar_config(disable=True)
+    folder = train_lora(pipe, out, recipe, show_progress=False)
+    settings = get_model("toy").recommended()
+    rings = [concept_scene(seed, recipe.concept) for seed in range(count)]
+    old = evaluation_scenes(count)
+    found: dict[str, Any] = {}
+    for state in ("without", "with"):
+        if state == "with":
+            pipe.load_lora_weights(folder, adapter_name=TRAINING_ADAPTER)
+        drawn = judged(generate_batch(pipe, [item.caption for item in rings], list(range(count)), **settings), rings)
+        kept = judged(generate_batch(pipe, [item.caption for item in old], list(range(count)), **settings), old)
+        found[f"rings_{state}"] = [int(reading.shape == recipe.concept) for reading in drawn.readings]
+        found[f"old_followed_{state}"] = [int(reading.follows(item.colour, item.shape, item.background))
+                                          for reading, item in zip(kept.readings, old)]
+    pipe.delete_adapters(TRAINING_ADAPTER)
+    record = json.loads((Path(folder) / "lora.json").read_text())
+    return {"recipe": asdict(recipe), "seeds": count, **found, "training_seconds": record["training_seconds"]}
+
+
+WEIGHTINGS = {
+    "logit_normal (the default)": {},
+    "mode": {"weighting_scheme": "mode"},
+    "cosmap": {"weighting_scheme": "cosmap"},
+    "none": {"weighting_scheme": "none"},
+    "logit_normal, preconditioned": {"precondition_outputs": True},
+    "sigma_sqrt, preconditioned": {"weighting_scheme": "sigma_sqrt", "precondition_outputs": True},
+}
+"""The weighting options of diffusers' SD3 scripts compared on the toy, each a change to the default recipe."""
+WEIGHTINGS_FILE = Path(__file__).parent / "configs" / "lora-weightings.json"
+"""What `python -m helpers.lora weightings` measured: per seed, for each of WEIGHTINGS."""
+
+
+def measure_weightings(folder: str | Path, *, count: int = 64, record: Path = WEIGHTINGS_FILE) -> dict[str, Any]:
+    """Train and judge each of WEIGHTINGS into `folder` (one adapter each), saving the results to `record` after
+    each: a stopped run goes on where it stopped, and results for the recipes of now are kept."""
+    folder = output_folder(folder, "folder")
+    results = json.loads(record.read_text()) if record.is_file() else {}
+    for label, change in WEIGHTINGS.items():
+        recipe = LoraRecipe(**change)
+        if results.get(label, {}).get("recipe") == asdict(recipe) and results[label]["seeds"] == count:
+            continue
+        results[label] = measure(folder / re.sub(r"[^a-z0-9]+", "-", label).strip("-"), recipe, count=count)
+        record.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+@checked(record=check_path)
+def weightings_table(record: str | Path = WEIGHTINGS_FILE) -> list[dict[str, str]]:
+    """The committed comparison as table rows: rings drawn and old prompts followed with each weighting's adapter,
+    each compared seed by seed with the default's (helpers.experiments.paired_change)."""
+    from helpers.experiments import paired_change
+
+    record = check_path(record, "record")
+    if not record.is_file():
+        raise ValueError(f"record={str(record)!r} does not exist: `python -m helpers.lora weightings --out FOLDER` "
+                         "writes it.")
+    results = json.loads(record.read_text())
+    missing = [label for label in WEIGHTINGS if label not in results]
+    if missing:
+        raise ValueError(f"record={str(record)!r} has no results for {', '.join(missing)}: run "
+                         "`python -m helpers.lora weightings --out FOLDER` to measure them.")
+    default = results[next(iter(WEIGHTINGS))]
+
+    def against(key: str, what: str, label: str) -> str:
+        if label == next(iter(WEIGHTINGS)):
+            return ""
+        change = paired_change(default[key], results[label][key])
+        verdict = ({"lower": f"fewer {what}", "higher": f"more {what}"}[change.direction] if change.direction
+                   else "no evidence of a change")
+        return f"{verdict}: fewer in {change.lower}, more in {change.higher}, p = {change.p:.2g}"
+
+    return [{"weighting": label,
+             "rings": f"{sum(results[label]['rings_with'])} of {results[label]['seeds']}",
+             "against the default": against("rings_with", "rings", label),
+             "old prompts followed": f"{sum(results[label]['old_followed_with'])} of {results[label]['seeds']}",
+             "old prompts against the default": against("old_followed_with", "prompts followed", label)}
+            for label in WEIGHTINGS]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.lora", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("train", help="train a LoRA on the offline toy model (resumes a stopped run)")
-    run.add_argument("--out", required=True, help="folder to save the adapter to")
-    run.add_argument("--work", help="folder for checkpoints (default: OUT.work)")
+    train = commands.add_parser("train", help="train a LoRA on the offline toy model (resumes a stopped run)")
+    train.add_argument("--work", help="folder for checkpoints (default: OUT.work)")
+    count = commands.add_parser("measure", help="train on the toy, then count rings and old prompts followed")
+    count.add_argument("--count", type=int, default=64, help="paired seeds per count (default 64)")
+    weigh = commands.add_parser("weightings", help=f"measure each of WEIGHTINGS into {WEIGHTINGS_FILE.name}")
+    weigh.add_argument("--out", required=True, help="folder for the adapters (one per weighting)")
     defaults = LoraRecipe()
-    for name in ("seed", "rank", "steps", "batch", "pool"):
-        run.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
-    run.add_argument("--prior-share", type=float, default=defaults.prior_share)
+    for command in (train, count):
+        command.add_argument("--out", required=True, help="folder to save the adapter to")
+        for name, default in asdict(defaults).items():
+            kind = {bool: lambda value: value == "true"}.get(type(default), type(default))
+            command.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
+                                 metavar="true|false" if isinstance(default, bool) else None)
     arguments = parser.parse_args(argv)
     try:
-        recipe = LoraRecipe(**{name: getattr(arguments, name)
-                               for name in ("seed", "rank", "steps", "batch", "pool", "prior_share")})
+        if arguments.command == "weightings":
+            measure_weightings(arguments.out)
+            for row in weightings_table():
+                print(row)
+            return 0
+        recipe = LoraRecipe(**{name: getattr(arguments, name) for name in asdict(defaults)})
+        if arguments.command == "measure":
+            print(json.dumps(measure(arguments.out, recipe, count=arguments.count)))
+            return 0
         from helpers.loading import load_pipeline
 
         out = train_lora(load_pipeline("toy", machine=None), arguments.out, recipe, work=arguments.work)

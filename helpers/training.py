@@ -462,20 +462,30 @@ def encode_captions(pipe, captions: list[str], device=None) -> tuple[torch.Tenso
 
 
 def flow_matching_loss(pipe, recipe: Recipe, step: int, latents: torch.Tensor, captions: list[str],
-                       drop_t5: torch.Tensor, *, embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
-                       ) -> torch.Tensor:
+                       drop_t5: torch.Tensor, *, embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       weighting_scheme: str = "logit_normal", mode_scale: float = 1.29,
+                       precondition_outputs: bool = False) -> torch.Tensor:
     """The loss of one batch: noise the latents to random levels, ask the transformer for the velocity
     (noise minus latent) that leads back, compare with the truth.
 
     Noise levels follow SD3's recipe: a logit-normal draw, then the scheduler's shift (3.0), which puts more of
     the training on high noise where the composition is decided. `embeddings` (of `captions`, by
     `encode_captions`) skips the text encoders: for training with them frozen, where they can be run once.
+
+    `weighting_scheme`, `mode_scale` and `precondition_outputs` are the options of diffusers' SD3 training scripts,
+    computed by diffusers' own `compute_density_for_timestep_sampling` and `compute_loss_weighting_for_sd3`
+    (diffusers.training_utils): "logit_normal" and "mode" draw the noise levels from those densities; "sigma_sqrt",
+    "cosmap" and "none" draw them uniformly, and the first two weight each picture's loss by its noise level
+    instead. `precondition_outputs` compares the clean latent the prediction implies (noisy - sigma * velocity)
+    with the true one, which is the velocity loss times sigma squared.
     """
     import torch
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
     generator = torch.Generator().manual_seed(step_seed(recipe, "transformer", step))  # on the CPU: any device
     shift = pipe.scheduler.config.shift
-    u = torch.sigmoid(recipe.logit_mean + recipe.logit_std * torch.randn(len(latents), generator=generator))
+    u = compute_density_for_timestep_sampling(weighting_scheme, len(latents), recipe.logit_mean, recipe.logit_std,
+                                              mode_scale, generator=generator)
     sigmas = (shift * u / (1 + (shift - 1) * u)).to(latents.device, latents.dtype)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     noisy = (1 - sigmas[:, None, None, None]) * latents + sigmas[:, None, None, None] * noise
@@ -487,7 +497,13 @@ def flow_matching_loss(pipe, recipe: Recipe, step: int, latents: torch.Tensor, c
     prompt_embeds = torch.cat([prompt_embeds[:, :t5_start], prompt_embeds[:, t5_start:] * keep], dim=1)
     velocity = pipe.transformer(hidden_states=noisy, timestep=sigmas * 1000, encoder_hidden_states=prompt_embeds,
                                 pooled_projections=pooled, return_dict=False)[0]
-    return torch.nn.functional.mse_loss(velocity, noise - latents)
+    prediction, target = velocity, noise - latents
+    if precondition_outputs:
+        prediction, target = noisy - sigmas[:, None, None, None] * velocity, latents
+    if weighting_scheme not in ("sigma_sqrt", "cosmap"):
+        return torch.nn.functional.mse_loss(prediction, target)
+    weighting = compute_loss_weighting_for_sd3(weighting_scheme, sigmas)
+    return (weighting * ((prediction - target).float() ** 2).mean(dim=(1, 2, 3))).mean()
 
 
 def encode_pool(vae, pictures, *, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:

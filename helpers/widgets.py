@@ -1,9 +1,9 @@
 """Slider explorers: change a setting, press Generate, see the image and the settings that made it.
 
-Introduced in notebook 05 (text to image); notebooks 06 and 07 add image-to-image and inpainting. Explorers
-generate through the sweep cache of helpers.experiments, so an image seen once comes back instantly, and images
-made by sweeps appear without being generated again. Each explorer draws its first image when it is created, so a
-notebook run top to bottom (in CI too) shows a picture without any click.
+Introduced in notebook 05 (text to image); notebooks 06 and 07 add image-to-image and inpainting, notebook 11
+a LoRA's scale. Explorers generate through the sweep cache of helpers.experiments, so an image seen once comes back
+instantly, and images made by sweeps appear without being generated again. Each explorer draws its first image
+when it is created, so a notebook run top to bottom (in CI too) shows a picture without any click.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from helpers.checks import (
     check_steps,
     check_strength,
     checked,
+    number,
     optional,
     output_folder,
     picture,
@@ -30,7 +31,7 @@ from helpers.checks import (
     side,
     whole,
 )
-from helpers.experiments import check_for_pipeline, check_settings, generate
+from helpers.experiments import LORA_SCALE, check_for_pipeline, check_settings, generate, has_lora
 from helpers.inputs import fractions_box, rectangle_mask
 from helpers.models import model_name
 
@@ -55,19 +56,19 @@ def _layout(width: str = "33em"):
 class Explorer:
     """Controls on the left, the image and its settings on the right, a Generate button and a progress bar.
 
-    Subclasses say which controls there are (`controls`) and may add settings that are not controls (`fixed`).
+    Subclasses say which controls there are (`controls`) and may add settings that are not controls (`fixed`);
+    a control that is not a pipeline setting itself is turned into one by the subclass's `current_settings`.
     """
 
     def __init__(self, pipe, model: str, controls: dict[str, Any], fixed: dict[str, Any], *,
                  folder: str | Path | None = None, width: int = 512):
         import ipywidgets as widgets
 
-        # What a sweep would refuse, the explorer refuses before it draws anything (not a clamped slider).
-        check_for_pipeline(pipe, check_settings({**fixed, **{name: control.value for name, control in
-                                                             controls.items() if not name.startswith("mask ")}}))
         self.pipe, self.model, self.folder = pipe, model, folder
         self.last_error: Exception | None = None
         self.controls, self.fixed = controls, fixed
+        # What a sweep would refuse, the explorer refuses before it draws anything (not a clamped slider).
+        check_for_pipeline(pipe, check_settings(self.current_settings()))
         self.button = widgets.Button(description="Generate", button_style="primary")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="progress", style=STYLE)
         # Small pictures (the toy model's are 64 px) are shown enlarged, large ones at most 512 px wide.
@@ -216,3 +217,29 @@ class InpaintingExplorer(Explorer):
         settings = {name: value for name, value in super().current_settings().items() if not name.startswith("mask ")}
         settings["mask_image"] = rectangle_mask(self.source.size, self.mask_box())
         return settings
+
+
+class LoraScaleExplorer(Explorer):
+    """The text-to-image controls plus a slider for the scale of the LoRA loaded into `pipe`, which each picture
+    passes to the pipeline as `joint_attention_kwargs={"scale": ...}`: the pipeline itself is left as it is."""
+
+    @checked(**COMMON, height=side, width=side, scale=number(*LORA_SCALE))
+    def __init__(self, pipe, model: str, *, prompt: str, negative_prompt: str = "", scale: float = 1.0,
+                 guidance_scale: float, num_inference_steps: int, seed: int = 0, height: int, width: int,
+                 max_sequence_length: int | None = None, folder: str | Path | None = None, max_steps: int = 60):
+        import ipywidgets as widgets
+
+        if not has_lora(pipe):
+            raise ValueError("pipe has no LoRA loaded, so the LoRA scale would change nothing: load one first with "
+                             "pipe.load_lora_weights(folder).")
+        controls = _prompt_controls(prompt, negative_prompt, guidance_scale, num_inference_steps, seed, max_steps)
+        controls["lora scale"] = widgets.FloatSlider(value=scale, min=min(0.0, scale), max=max(1.5, scale),
+                                                     step=0.05, description="LoRA scale", style=STYLE,
+                                                     layout=_layout())
+        fixed = _fixed({"height": height, "width": width}, max_sequence_length)
+        super().__init__(pipe, model, controls, fixed, folder=folder, width=width)
+
+    def current_settings(self) -> dict[str, Any]:
+        settings = super().current_settings()
+        return {**{name: value for name, value in settings.items() if name != "lora scale"},
+                "joint_attention_kwargs": {"scale": settings["lora scale"]}}

@@ -123,11 +123,12 @@ def open_and_run_all(browser, lab, notebook: str):
 
 
 def move_slider(explorer, label: str, presses: int) -> None:
-    """Move the slider named `label` by `presses` steps to the right, with the keyboard, as a reader can."""
+    """Move the slider named `label` by `presses` steps (to the left where negative), with the keyboard, as a
+    reader can."""
     handle = explorer.locator(f".widget-slider:has(label:has-text('{label}')) .noUi-handle")
     handle.click()
-    for _ in range(presses):
-        handle.press("ArrowRight")
+    for _ in range(abs(presses)):
+        handle.press("ArrowRight" if presses > 0 else "ArrowLeft")
 
 
 def generate_and_wait(page, explorer) -> tuple[str, str]:
@@ -152,13 +153,19 @@ def generate_and_wait(page, explorer) -> tuple[str, str]:
         ("05_guidance_scale_tuning.ipynb", "guidance scale", 2, f"guidance_scale={TOY_GUIDANCE}",
          f"guidance_scale={TOY_GUIDANCE + 1.0}"),
         ("07_inpainting.ipynb", "mask left", 2, "mask_image=<", "mask_image=<"),
+        # notebook 11 trained its LoRA in this test process: the run finds the finished checkpoint
+        ("11_fine_tuning_with_lora.ipynb", "LoRA scale", -4, "joint_attention_kwargs={'scale': 1.0}",
+         "joint_attention_kwargs={'scale': 0.8}"),
     ],
-    ids=["guidance-explorer", "inpainting-explorer"],
+    ids=["guidance-explorer", "inpainting-explorer", "lora-scale-explorer"],
 )
 def test_moving_a_slider_and_generating_changes_the_picture(browser, lab, tmp_path, notebook, slider, presses,
                                                             before, after):
+    from playwright.sync_api import expect
+
     page, explorer = open_and_run_all(browser, lab, notebook)
-    assert before in explorer.locator(".widget-html").inner_text()
+    # waits for the text: an explorer far down a long notebook (11) is drawn a moment after it is scrolled to
+    expect(explorer.locator(".widget-html")).to_contain_text(before, timeout=30_000)
     move_slider(explorer, slider, presses)
     _, settings = generate_and_wait(page, explorer)
     assert after in settings and "generated now" in settings

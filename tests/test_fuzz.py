@@ -71,12 +71,21 @@ _made: dict[str, Any] = {}
 
 
 def made(name: str) -> Any:
-    """The tiny stand-in's pipelines (text-to-image, image-to-image, inpainting), built on first use."""
+    """The tiny stand-in's pipelines (text-to-image, image-to-image, inpainting, and text-to-image with a LoRA),
+    built on first use."""
     if name not in _made:
         from helpers.loading import load_pipeline
 
-        pipe = load_pipeline("tiny", {"t2i": "text-to-image", "i2i": "image-to-image",
-                                      "inpaint": "inpainting"}[name])
+        if name == "t2i-lora":  # a pipeline of its own (load_pipeline shares one per route), with an adapter
+            from peft import LoraConfig
+
+            from helpers.tiny import build_tiny_pipeline
+
+            pipe = build_tiny_pipeline()
+            pipe.transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"]), adapter_name="fuzz")
+        else:
+            pipe = load_pipeline("tiny", {"t2i": "text-to-image", "i2i": "image-to-image",
+                                          "inpaint": "inpainting"}[name])
         pipe.set_progress_bar_config(disable=True)
         _made[name] = pipe
     return _made[name]
@@ -209,6 +218,9 @@ ENTRIES = [
     Entry("InpaintingExplorer", _explorer("InpaintingExplorer"),
           lambda: {"pipe": made("inpaint"), "model": "tiny", "image": RGB, **PROMPTING, "box": (0.2, 0.2, 0.8, 0.8),
                    "strength": 1.0, "folder": scratch(), "max_steps": 4}, aliases={"image": ("RGB",)}),
+    Entry("LoraScaleExplorer", _explorer("LoraScaleExplorer"),
+          lambda: {"pipe": made("t2i-lora"), "model": "tiny", **PROMPTING, "scale": 0.5, "height": 32, "width": 32,
+                   "folder": scratch(), "max_steps": 4}),
     Entry("prepare_image", _h("prepare_image"), lambda: {"source": RGB, "longest": 64},
           aliases={"source": ("image",)}),
     Entry("prepare_mask", _h("prepare_mask"), lambda: {"source": MASK, "image_size": (32, 32), "grow": 2,
@@ -243,6 +255,12 @@ ENTRIES = [
                    "drop_t5": False, **SMALL}, settings="settings", aliases={"seeds": ("prompts",),
                                                                             "prompts": ("seeds",)}),
 ]
+
+
+def _weightings_file() -> Path:
+    from helpers.lora import WEIGHTINGS_FILE
+
+    return WEIGHTINGS_FILE
 
 
 def _from(module: str, name: str) -> Callable[..., Any]:
@@ -308,6 +326,7 @@ MODULE_ENTRIES = [  # what the notebooks import from the modules themselves
           lambda: {"one": _launched(1), "many": _launched(2)}),
     Entry("distributed.shown_command", _from("distributed", "shown_command"), lambda: {"command": ["a", "b c"]}),
     Entry("world.scene", _from("world", "scene"), lambda: {"seed": 3}),
+    Entry("lora.weightings_table", _from("lora", "weightings_table"), lambda: {"record": _weightings_file()}),
 ]
 NOT_FUZZED = {
     "distributed.RunningSweep": "starts processes: its door is checked, and tests/test_distributed.py runs it",
@@ -333,7 +352,7 @@ ENTRIES += MODULE_ENTRIES
 BY_NAME = {entry.name: entry for entry in ENTRIES}
 SETTING_NAMES = ["guidance_scale", "num_inference_steps", "height", "width", "negative_prompt", "strength",
                  "max_sequence_length", "image", "mask_image", "skip_guidance_layers", "skip_layer_guidance_start",
-                 "prompt_3", "sampler"]
+                 "prompt_3", "joint_attention_kwargs", "sampler"]
 """What is added to a `**settings` parameter: the settings a pipeline takes, and one it does not."""
 
 

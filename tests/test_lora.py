@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from conftest import kill_part_way
@@ -78,6 +79,31 @@ def test_at_scale_0_the_pictures_equal_the_base_models(trained, settings):
     assert pipeline_fingerprint(tuned) == full
 
 
+def test_the_scale_slider_scales_each_picture_and_leaves_the_pipeline_as_it_was(trained, settings, tmp_path):
+    from helpers.experiments import generate
+    from helpers.widgets import LoraScaleExplorer
+
+    base, tuned = toy(), toy()
+    scene = lora.concept_scene(0)
+    one = {"prompt": scene.caption, "seed": 0, **settings}
+    with pytest.raises(ValueError, match="no LoRA loaded"):
+        LoraScaleExplorer(base, "toy", prompt=scene.caption, folder=tmp_path, **settings)
+    with pytest.raises(ValueError, match="has none loaded"):
+        generate(base, "toy", {**one, "joint_attention_kwargs": {"scale": 0.5}}, tmp_path)
+    plain, _ = generate(base, "toy", one, tmp_path)
+    tuned.load_lora_weights(trained, adapter_name="ring")
+    loaded = pipeline_fingerprint(tuned)
+    explorer = LoraScaleExplorer(tuned, "toy", prompt=scene.caption, seed=0, scale=0.0, folder=tmp_path, **settings)
+    assert "joint_attention_kwargs={&#x27;scale&#x27;: 0.0}" in explorer.settings.value
+    assert np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(explorer.generate())))
+    explorer.controls["lora scale"].value = 1.0
+    full = explorer.generate()
+    assert "generated now" in explorer.settings.value
+    # scale 1 is the LoRA as loaded: the same picture, under the same key, as a call without the setting
+    assert generate(tuned, "toy", one, tmp_path) == (full, False)
+    assert pipeline_fingerprint(tuned) == loaded, "the per-picture scale leaves the adapters' own scales alone"
+
+
 def test_training_leaves_the_pipeline_as_it_was(tmp_path):
     pipe = toy()
     before = pipeline_fingerprint(pipe)
@@ -146,15 +172,59 @@ def test_a_lora_that_does_not_fit_is_named_before_loading(trained, tmp_path):
 
 
 def test_bad_recipes_and_folders_are_refused_before_work(tmp_path):
-    for bad in ({"rank": 0}, {"steps": -1}, {"prior_share": 1.5}, {"lr": 0}, {"concept": "circle"}):
+    for bad in ({"rank": 0}, {"steps": -1}, {"prior_share": 1.5}, {"lr": 0}, {"concept": "circle"},
+                {"weighting_scheme": "uniform"}, {"mode_scale": 1.8}, {"precondition_outputs": "yes"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             lora.LoraRecipe(**bad)
+    with pytest.raises(ValueError, match="Add precondition_outputs=True"):
+        lora.LoraRecipe(weighting_scheme="sigma_sqrt")
     mine = tmp_path / "holiday-photos"
     mine.mkdir()
     (mine / "beach.jpg").write_bytes(b"not ours")
     with pytest.raises(ValueError, match="not an adapter train_lora saved"):
         lora.train_lora(toy(), mine, SHORT, show_progress=False)
     assert (mine / "beach.jpg").read_bytes() == b"not ours"
+
+
+def test_diffusers_weighting_schemes_give_the_losses_they_name():
+    """sigma_sqrt on preconditioned outputs is the plain velocity loss at uniform noise levels, as diffusers' SD3
+    scripts use it: its 1/sigma^2 cancels the sigma^2 between the clean-latent error and the velocity error."""
+    from helpers.tiny import build_tiny_pipeline
+    from helpers.training import flow_matching_loss
+
+    pipe = build_tiny_pipeline()
+    config = pipe.transformer.config
+    latents = torch.randn(6, config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    captions = ["a red circle"] * 6
+    drop = torch.zeros(6, dtype=torch.bool)
+    with torch.no_grad():
+        def loss(**options) -> float:
+            return float(flow_matching_loss(pipe, SHORT, 3, latents, captions, drop, **options))
+
+        plain = loss(weighting_scheme="none")
+        assert loss(weighting_scheme="sigma_sqrt", precondition_outputs=True) == pytest.approx(plain, rel=1e-5)
+        assert loss(weighting_scheme="none", precondition_outputs=True) < plain  # sigma^2 < 1 for every picture
+        assert loss(weighting_scheme="mode") != plain != loss()  # other noise levels
+
+
+def test_the_committed_weighting_comparison_is_of_the_recipes_in_the_code():
+    """Notebook 11 shows helpers/configs/lora-weightings.json: each entry must be the recipe LoraRecipe makes now,
+    judged seed by seed, or the table would show another recipe's numbers (remeasure: python -m helpers.lora
+    weightings --out FOLDER)."""
+    from dataclasses import asdict
+
+    results = json.loads(lora.WEIGHTINGS_FILE.read_text())
+    assert list(results) == list(lora.WEIGHTINGS)
+    for label, change in lora.WEIGHTINGS.items():
+        found = results[label]
+        assert found["recipe"] == asdict(lora.LoraRecipe(**change)), label
+        assert all(len(found[key]) == found["seeds"] == 64 and set(found[key]) <= {0, 1}
+                   for key in ("rings_with", "rings_without", "old_followed_with", "old_followed_without"))
+        # the base model is the same for every row: the judge's counts without the adapter agree
+        assert found["rings_without"] == results[next(iter(lora.WEIGHTINGS))]["rings_without"]
+    rows = lora.weightings_table()
+    assert [row["weighting"] for row in rows] == list(lora.WEIGHTINGS)
+    assert rows[0]["rings"] == f"{sum(results[rows[0]['weighting']]['rings_with'])} of 64"
 
 
 def picture_folder(folder: Path, count: int = 4, size: int = 64) -> Path:
@@ -273,3 +343,4 @@ def test_the_sd35_recipe_trains_on_an_nf4_base_with_checkpointing_and_8bit_adam(
     assert lora.check_lora(plain, out).layers == {"transformer": len(kept) // 2}
     plain.load_lora_weights(out)
     assert plain.transformer.peft_config
+

@@ -62,6 +62,9 @@ CHECKS = (
     Check("t4-vae-decode", "the VAE decode at 1024x1024 as a T4 runs it: bf16 without cuDNN, float16 with it",
           True, 30),
     Check("fp16", "SD3.5 Medium and Large at full size in float16 (time and memory)", True, 60),
+    Check("lora-training", "one LoRA training step of Medium and Large at 1024x1024 by each recipe of notebook "
+          "11's memory table (16-bit, checkpointing + 8-bit AdamW, QLoRA): time and peak against the estimate",
+          True, 120),
     Check("catalogue-routes", "each catalogue machine's route, at full size, in that machine's GPU memory", True, 90),
     Check("medium", "SD3.5 Medium, random weights: bf16 on the GPU, the math attention a T4 gets, fused q/k/v, "
           "bounded attention", True, 60),
@@ -440,6 +443,35 @@ def check_catalogue_routes(recorder: Recorder) -> None:
                     torch.cuda.set_per_process_memory_fraction(1.0)
 
 
+def check_lora_training(recorder: Recorder) -> None:
+    """helpers.lora_memory's training step at full size with random weights: only the transformer stays on the
+    GPU (prompts and latents are computed before training), the 16-bit recipes first, then the same transformer in
+    NF4 for QLoRA. Each peak is compared with notebook 11's estimate."""
+    from helpers.lora_memory import measure_training_step, training_estimate
+    from helpers.quantization import quantize_linear_layers_nf4
+
+    for model in ("medium", "large"):
+        pipe = None
+        with recorder.case("build the transformer on the GPU", model=model) as record:
+            pipe = _full_size(model)
+            pipe.register_modules(text_encoder=None, text_encoder_2=None, text_encoder_3=None, vae=None)
+            _free_memory()
+            record["weights_gb"] = round(_allocated_gb(), 2)
+        if pipe is None:
+            continue
+        for recipe in ("lora", "lora-checkpointing", "qlora"):
+            with recorder.case(f"LoRA training step, {recipe}", model=model) as record:
+                if recipe == "qlora":
+                    quantize_linear_layers_nf4(pipe.transformer, compute_dtype=pipe.transformer.dtype)
+                    _free_memory()
+                found = measure_training_step(pipe, recipe, SIZE)
+                estimate = training_estimate(model, SIZE, recipe).peak_gb
+                record.update(found, estimate_gb=estimate,
+                              within_tolerance=abs(estimate - found["peak_gb"]) <= TOLERANCE * found["peak_gb"])
+        del pipe
+        _free_memory()
+
+
 def _rss_bytes() -> int:
     import psutil
 
@@ -451,6 +483,7 @@ RUNNERS: dict[str, Callable[[Recorder], None]] = {
     "bench-options": check_bench_options,
     "t4-vae-decode": check_t4_vae_decode,
     "fp16": check_fp16,
+    "lora-training": check_lora_training,
     "catalogue-routes": check_catalogue_routes,
     "medium": check_medium,
     "large": check_large,

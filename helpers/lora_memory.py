@@ -187,6 +187,52 @@ def training_table(model: str) -> list[dict]:
     return rows
 
 
+def measure_training_step(pipe, recipe: str, size: int, *, steps: int = 3) -> dict:
+    """Run `steps` LoRA training steps of RECIPES[`recipe`] on `pipe`'s transformer as helpers.lora trains (its
+    adapters, loss and update), batch 1 at `size` x `size`, on random latents and random prompt embeddings of
+    TEXT_TOKENS tokens: what `training_estimate` counts. Returns the seconds per step (the median after the first)
+    and the CUDA allocator's peak in GB, which counts everything on the GPU (None on a CPU). A QLoRA recipe needs
+    the transformer in NF4 already (helpers.quantization); the transformer is left as it was."""
+    import statistics
+    import time
+
+    import torch
+
+    from helpers.lora import LoraRecipe, lora_step, training_adapters
+    from helpers.quantization import count_4bit_layers
+
+    chosen = RECIPES[one_of(*RECIPES)(recipe, "recipe")]
+    side(size, "size")
+    transformer = pipe.transformer
+    if (chosen.base == "nf4") != bool(count_4bit_layers(transformer)):
+        raise ValueError(f"recipe={recipe!r} trains a {'NF4' if chosen.base == 'nf4' else '16-bit'} transformer, and "
+                         f"this one is {'NF4' if count_4bit_layers(transformer) else 'not'}: quantize it first "
+                         "(helpers.quantization.quantize_linear_layers_nf4), or pick the recipe of its weights.")
+    config, device, dtype = transformer.config, transformer.device, transformer.dtype
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor,
+                          generator=generator).to(device, dtype)
+    embeddings = (torch.randn(1, TEXT_TOKENS, config.joint_attention_dim, generator=generator).to(device, dtype),
+                  torch.randn(1, config.pooled_projection_dim, generator=generator).to(device, dtype))
+    cuda = device.type == "cuda"
+    settings = LoraRecipe(rank=RANK, batch=1, gradient_checkpointing=chosen.checkpointing, optimizer=chosen.optimizer)
+    seconds = []
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with training_adapters(transformer, settings) as (parameters, optimizer):
+        transformer.train()
+        for step in range(steps):
+            started = time.perf_counter()
+            lora_step(pipe, settings, step, latents, embeddings, optimizer, parameters)
+            if cuda:
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - started)
+    return {"recipe": recipe, "size": size, "steps": steps,
+            "seconds_per_step": round(statistics.median(seconds[1:] or seconds), 3),
+            "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv:

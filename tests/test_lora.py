@@ -344,3 +344,22 @@ def test_the_sd35_recipe_trains_on_an_nf4_base_with_checkpointing_and_8bit_adam(
     plain.load_lora_weights(out)
     assert plain.transformer.peft_config
 
+
+def test_the_training_step_gpu_check_measures_runs_each_recipe_and_leaves_the_transformer_as_it_was():
+    """helpers.lora_memory.measure_training_step is what gpu_check times at full size against the memory table;
+    here it runs each recipe's step on the toy (no CUDA: no peak), and a QLoRA step needs an NF4 transformer."""
+    from helpers.lora_memory import measure_training_step
+    from helpers.quantization import quantize_linear_layers_nf4
+
+    pipe = toy()
+    before = pipeline_fingerprint(pipe)
+    with pytest.raises(ValueError, match="quantize it first"):
+        measure_training_step(pipe, "qlora", 64)
+    for recipe in ("lora", "lora-checkpointing"):
+        found = measure_training_step(pipe, recipe, 64, steps=2)
+        assert found["seconds_per_step"] > 0 and found["peak_gb"] is None and found["recipe"] == recipe
+        assert pipeline_fingerprint(pipe) == before and not pipe.transformer.is_gradient_checkpointing
+    quantize_linear_layers_nf4(pipe.transformer, torch.float32)
+    assert measure_training_step(pipe, "qlora", 64, steps=2)["steps"] == 2
+    with pytest.raises(ValueError, match="recipe"):
+        measure_training_step(pipe, "full", 64)

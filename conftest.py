@@ -127,9 +127,10 @@ def pytest_xdist_make_scheduler(config, log):
 
 T4_NOTEBOOKS = ("01_loading_sd35", "02_nf4_quantization_and_offload", "03_timing_on_h100")
 """The notebooks `--t4-route` (which `dev.py test` passes) also runs on free Colab's T4 route: where the route changes
-what the code does (dtype, NF4 parts, skipped steps), in about a minute. The first ten passed on it (`dev.py test
---machine colab-t4`; notebook 11 has not been run on it), but in float16 on a CPU they took about 17 minutes here
-(notebook 04 alone 9.6), more than CI's budget holds."""
+what the code does (dtype, NF4 parts, skipped steps), in about a minute. All eleven passed on it (`dev.py test
+--machine colab-t4`), but in float16 on a CPU the first ten took about 17 minutes here (notebook 04 alone 9.6) and
+notebook 11 about 34 (its LoRA's 1000 steps 28 minutes on one thread, against 3 in float32), more than CI's budget
+holds."""
 
 
 def pytest_addoption(parser) -> None:

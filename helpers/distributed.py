@@ -424,6 +424,16 @@ def throughput_finding(one: LaunchResult, many: LaunchResult) -> str:
             "without a spread).")
 
 
+def threads_each(num_processes: int) -> int:
+    """CPU threads for each of `num_processes` processes: the cores shared out among them, and no more than
+    OMP_NUM_THREADS where it is set. A machine whose cores other work uses too (a CI machine's test processes)
+    sets it: a process of two threads on a core another process keeps busy ran 5 times slower there (notebook
+    10's one-process launch: 80 s against 14 on an idle machine)."""
+    each = max(1, (os.cpu_count() or 1) // num_processes)
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(each, int(limit)) if limit.isdigit() and int(limit) > 0 else each
+
+
 class RunningSweep:
     """A launch in progress: `wait()` shows a progress bar until it ends and returns its LaunchResult."""
 
@@ -434,7 +444,7 @@ class RunningSweep:
         self.plan = plan
         self.num_processes = check_processes(num_processes, len(plan.settings()))
         check_can_load(plan.model)  # a missing token or licence stops here, not in every process
-        threads = threads_per_process or max(1, (os.cpu_count() or 1) // self.num_processes)
+        threads = threads_per_process or threads_each(self.num_processes)
         self.launch = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.command = launch_command(plan, self.num_processes, self.launch, threads)
         self.log = plan.folder / JOURNALS / f"{self.launch}.log"

@@ -227,3 +227,17 @@ def test_a_speed_up_beyond_the_process_count_is_a_caution_not_a_finding():
     assert throughput_finding(launched(1, 1.0), launched(2, 0.6)).startswith("2 processes made images 1.67x")
     assert throughput_finding(launched(1, 1.0), launched(2, 0.1)).startswith("Caution: no reading. 2 processes came")
     assert throughput_finding(launched(2, 1.0), launched(2, 0.5)).startswith("No comparison")
+
+
+def test_processes_share_the_cores_and_keep_to_omp_num_threads(monkeypatch):
+    from helpers.distributed import threads_each
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [threads_each(n) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # CI's test processes: a one-process launch gets one thread, not 8
+    assert threads_each(1) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert threads_each(1) == 6 and threads_each(2) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")  # not a number: not a limit
+    assert threads_each(1) == 8

@@ -15,6 +15,8 @@ Every random choice comes from the seed and the step number, and a stopped run r
 (safetensors, never a pickle). On one CPU thread the same recipe gives the same adapter bit for bit.
 
     python -m helpers.lora train --out ring-lora          # the recipe notebook 11 trains, on the offline toy model
+    python -m helpers.lora measure --out try --rank 32    # a recipe's rings and old prompts, 64 seeds (~3.5 min)
+    python -m helpers.lora weightings --out FOLDER        # each of WEIGHTINGS, into WEIGHTINGS_FILE (~20 min)
 """
 
 from __future__ import annotations
@@ -676,6 +678,12 @@ def weightings_table(record: str | Path = WEIGHTINGS_FILE) -> list[dict[str, str
             for label in WEIGHTINGS]
 
 
+def _true_or_false(value: str) -> bool:
+    if value not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{value!r}: use true or false")
+    return value == "true"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.lora", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -689,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     for command in (train, count):
         command.add_argument("--out", required=True, help="folder to save the adapter to")
         for name, default in asdict(defaults).items():
-            kind = {bool: lambda value: value == "true"}.get(type(default), type(default))
+            kind = {bool: _true_or_false}.get(type(default), type(default))
             command.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
                                  metavar="true|false" if isinstance(default, bool) else None)
     arguments = parser.parse_args(argv)

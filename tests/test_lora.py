@@ -227,6 +227,17 @@ def test_the_committed_weighting_comparison_is_of_the_recipes_in_the_code():
     assert rows[0]["rings"] == f"{sum(results[rows[0]['weighting']]['rings_with'])} of 64"
 
 
+def test_the_command_line_refuses_bad_recipes_before_any_work(tmp_path, capsys):
+    for argv, message in ((["measure", "--count", "0"], "count=0"),
+                          (["train", "--weighting-scheme", "sigma_sqrt"], "Add precondition_outputs=True"),
+                          (["train", "--precondition-outputs", "yes"], "'yes': use true or false"),
+                          (["measure", "--rank", "0"], "rank=0")):
+        with pytest.raises(SystemExit) as stopped:
+            lora.main([*argv, "--out", str(tmp_path / "never")])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err, argv
+    assert not (tmp_path / "never").exists()
+
+
 def picture_folder(folder: Path, count: int = 4, size: int = 64) -> Path:
     """A reader's folder as check_training_folder expects it: pictures of rings with a caption file each."""
     folder.mkdir()

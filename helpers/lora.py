@@ -16,7 +16,7 @@ Every random choice comes from the seed and the step number, and a stopped run r
 
     python -m helpers.lora train --out ring-lora          # the recipe notebook 11 trains, on the offline toy model
     python -m helpers.lora measure --out try --rank 32    # a recipe's rings and old prompts, 64 seeds (~3.5 min)
-    python -m helpers.lora weightings --out FOLDER        # each of WEIGHTINGS, into WEIGHTINGS_FILE (~20 min)
+    python -m helpers.lora variants --out FOLDER          # each of VARIANTS, into VARIANTS_FILE (~25 min)
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class LoraRecipe:
     weighting_scheme: str = "logit_normal"
     """How noise levels are drawn and the loss weighted, by the names of diffusers' SD3 training scripts (their
     `--weighting_scheme`): "logit_normal" (SD3's), "mode", or uniform levels with the loss weighted by
-    "sigma_sqrt", "cosmap" or "none". Each is compared on the toy in WEIGHTINGS_FILE (notebook 11's table)."""
+    "sigma_sqrt", "cosmap" or "none". Each is compared on the toy in VARIANTS_FILE (notebook 11's table)."""
     logit_mean: float = 0.0
     """Centre of the logit-normal draw; above 0 trains more at high noise. (diffusers' scripts index their
     scheduler's timesteps, which run from high noise to low, with the draw: there the sign is the other way.)"""
@@ -618,25 +618,27 @@ def measure(out: str | Path, recipe: LoraRecipe = LoraRecipe(), *, count: int = 
     return {"recipe": asdict(recipe), "seeds": count, **found, "training_seconds": record["training_seconds"]}
 
 
-WEIGHTINGS = {
+VARIANTS = {
     "logit_normal (the default)": {},
     "mode": {"weighting_scheme": "mode"},
     "cosmap": {"weighting_scheme": "cosmap"},
     "none": {"weighting_scheme": "none"},
     "logit_normal, preconditioned": {"precondition_outputs": True},
     "sigma_sqrt, preconditioned": {"weighting_scheme": "sigma_sqrt", "precondition_outputs": True},
+    "no prior preservation": {"prior_share": 0.0},
 }
-"""The weighting options of diffusers' SD3 scripts compared on the toy, each a change to the default recipe."""
-WEIGHTINGS_FILE = Path(__file__).parent / "configs" / "lora-weightings.json"
-"""What `python -m helpers.lora weightings` measured: per seed, for each of WEIGHTINGS."""
+"""Changes to the default recipe compared on the toy: the weighting options of diffusers' SD3 scripts, and
+training without prior preservation."""
+VARIANTS_FILE = Path(__file__).parent / "configs" / "lora-variants.json"
+"""What `python -m helpers.lora variants` measured: per seed, for each of VARIANTS."""
 
 
-def measure_weightings(folder: str | Path, *, count: int = 64, record: Path = WEIGHTINGS_FILE) -> dict[str, Any]:
-    """Train and judge each of WEIGHTINGS into `folder` (one adapter each), saving the results to `record` after
+def measure_variants(folder: str | Path, *, count: int = 64, record: Path = VARIANTS_FILE) -> dict[str, Any]:
+    """Train and judge each of VARIANTS into `folder` (one adapter each), saving the results to `record` after
     each: a stopped run goes on where it stopped, and results for the recipes of now are kept."""
     folder = output_folder(folder, "folder")
     results = json.loads(record.read_text()) if record.is_file() else {}
-    for label, change in WEIGHTINGS.items():
+    for label, change in VARIANTS.items():
         recipe = LoraRecipe(**change)
         if results.get(label, {}).get("recipe") == asdict(recipe) and results[label]["seeds"] == count:
             continue
@@ -646,36 +648,36 @@ def measure_weightings(folder: str | Path, *, count: int = 64, record: Path = WE
 
 
 @checked(record=check_path)
-def weightings_table(record: str | Path = WEIGHTINGS_FILE) -> list[dict[str, str]]:
-    """The committed comparison as table rows: rings drawn and old prompts followed with each weighting's adapter,
+def variants_table(record: str | Path = VARIANTS_FILE) -> list[dict[str, str]]:
+    """The committed comparison as table rows: rings drawn and old prompts followed with each variant's adapter,
     each compared seed by seed with the default's (helpers.experiments.paired_change)."""
     from helpers.experiments import paired_change
 
     record = check_path(record, "record")
     if not record.is_file():
-        raise ValueError(f"record={str(record)!r} does not exist: `python -m helpers.lora weightings --out FOLDER` "
+        raise ValueError(f"record={str(record)!r} does not exist: `python -m helpers.lora variants --out FOLDER` "
                          "writes it.")
     results = json.loads(record.read_text())
-    missing = [label for label in WEIGHTINGS if label not in results]
+    missing = [label for label in VARIANTS if label not in results]
     if missing:
         raise ValueError(f"record={str(record)!r} has no results for {', '.join(missing)}: run "
-                         "`python -m helpers.lora weightings --out FOLDER` to measure them.")
-    default = results[next(iter(WEIGHTINGS))]
+                         "`python -m helpers.lora variants --out FOLDER` to measure them.")
+    default = results[next(iter(VARIANTS))]
 
     def against(key: str, what: str, label: str) -> str:
-        if label == next(iter(WEIGHTINGS)):
+        if label == next(iter(VARIANTS)):
             return ""
         change = paired_change(default[key], results[label][key])
         verdict = ({"lower": f"fewer {what}", "higher": f"more {what}"}[change.direction] if change.direction
                    else "no evidence of a change")
         return f"{verdict}: fewer in {change.lower}, more in {change.higher}, p = {change.p:.2g}"
 
-    return [{"weighting": label,
+    return [{"recipe": label,
              "rings": f"{sum(results[label]['rings_with'])} of {results[label]['seeds']}",
              "against the default": against("rings_with", "rings", label),
              "old prompts followed": f"{sum(results[label]['old_followed_with'])} of {results[label]['seeds']}",
              "old prompts against the default": against("old_followed_with", "prompts followed", label)}
-            for label in WEIGHTINGS]
+            for label in VARIANTS]
 
 
 def _true_or_false(value: str) -> bool:
@@ -691,8 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--work", help="folder for checkpoints (default: OUT.work)")
     count = commands.add_parser("measure", help="train on the toy, then count rings and old prompts followed")
     count.add_argument("--count", type=int, default=64, help="paired seeds per count (default 64)")
-    weigh = commands.add_parser("weightings", help=f"measure each of WEIGHTINGS into {WEIGHTINGS_FILE.name}")
-    weigh.add_argument("--out", required=True, help="folder for the adapters (one per weighting)")
+    variants = commands.add_parser("variants", help=f"measure each of VARIANTS into {VARIANTS_FILE.name}")
+    variants.add_argument("--out", required=True, help="folder for the adapters (one per variant)")
     defaults = LoraRecipe()
     for command in (train, count):
         command.add_argument("--out", required=True, help="folder to save the adapter to")
@@ -702,9 +704,9 @@ def main(argv: list[str] | None = None) -> int:
                                  metavar="true|false" if isinstance(default, bool) else None)
     arguments = parser.parse_args(argv)
     try:
-        if arguments.command == "weightings":
-            measure_weightings(arguments.out)
-            for row in weightings_table():
+        if arguments.command == "variants":
+            measure_variants(arguments.out)
+            for row in variants_table():
                 print(row)
             return 0
         recipe = LoraRecipe(**{name: getattr(arguments, name) for name in asdict(defaults)})

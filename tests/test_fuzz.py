@@ -257,10 +257,10 @@ ENTRIES = [
 ]
 
 
-def _weightings_file() -> Path:
-    from helpers.lora import WEIGHTINGS_FILE
+def _variants_file() -> Path:
+    from helpers.lora import VARIANTS_FILE
 
-    return WEIGHTINGS_FILE
+    return VARIANTS_FILE
 
 
 def _from(module: str, name: str) -> Callable[..., Any]:
@@ -326,7 +326,7 @@ MODULE_ENTRIES = [  # what the notebooks import from the modules themselves
           lambda: {"one": _launched(1), "many": _launched(2)}),
     Entry("distributed.shown_command", _from("distributed", "shown_command"), lambda: {"command": ["a", "b c"]}),
     Entry("world.scene", _from("world", "scene"), lambda: {"seed": 3}),
-    Entry("lora.weightings_table", _from("lora", "weightings_table"), lambda: {"record": _weightings_file()}),
+    Entry("lora.variants_table", _from("lora", "variants_table"), lambda: {"record": _variants_file()}),
 ]
 NOT_FUZZED = {
     "distributed.RunningSweep": "starts processes: its door is checked, and tests/test_distributed.py runs it",

@@ -207,24 +207,24 @@ def test_diffusers_weighting_schemes_give_the_losses_they_name():
         assert loss(weighting_scheme="mode") != plain != loss()  # other noise levels
 
 
-def test_the_committed_weighting_comparison_is_of_the_recipes_in_the_code():
-    """Notebook 11 shows helpers/configs/lora-weightings.json: each entry must be the recipe LoraRecipe makes now,
+def test_the_committed_comparison_of_recipes_is_of_the_recipes_in_the_code():
+    """Notebook 11 shows helpers/configs/lora-variants.json: each entry must be the recipe LoraRecipe makes now,
     judged seed by seed, or the table would show another recipe's numbers (remeasure: python -m helpers.lora
     weightings --out FOLDER)."""
     from dataclasses import asdict
 
-    results = json.loads(lora.WEIGHTINGS_FILE.read_text())
-    assert list(results) == list(lora.WEIGHTINGS)
-    for label, change in lora.WEIGHTINGS.items():
+    results = json.loads(lora.VARIANTS_FILE.read_text())
+    assert list(results) == list(lora.VARIANTS)
+    for label, change in lora.VARIANTS.items():
         found = results[label]
         assert found["recipe"] == asdict(lora.LoraRecipe(**change)), label
         assert all(len(found[key]) == found["seeds"] == 64 and set(found[key]) <= {0, 1}
                    for key in ("rings_with", "rings_without", "old_followed_with", "old_followed_without"))
         # the base model is the same for every row: the judge's counts without the adapter agree
-        assert found["rings_without"] == results[next(iter(lora.WEIGHTINGS))]["rings_without"]
-    rows = lora.weightings_table()
-    assert [row["weighting"] for row in rows] == list(lora.WEIGHTINGS)
-    assert rows[0]["rings"] == f"{sum(results[rows[0]['weighting']]['rings_with'])} of 64"
+        assert found["rings_without"] == results[next(iter(lora.VARIANTS))]["rings_without"]
+    rows = lora.variants_table()
+    assert [row["recipe"] for row in rows] == list(lora.VARIANTS)
+    assert rows[0]["rings"] == f"{sum(results[rows[0]['recipe']]['rings_with'])} of 64"
 
 
 def test_the_command_line_refuses_bad_recipes_before_any_work(tmp_path, capsys):

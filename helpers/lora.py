@@ -80,8 +80,8 @@ class LoraRecipe:
 
     Measured with `python -m helpers.lora measure` (64 seeds, one training each; the base model follows 62 of the
     64 old prompts): the defaults draw rings for 50 and keep 59 old prompts; rank 32, 48 and 56; prior_share 0,
-    58 and 13; prior_share 0.125, 51 and 50; lr 1.5e-2, 51 and 54; 600 steps, 40 rings; batch 8, 36. None reached 52 rings (81%) with the old
-    prompts within 5 points of the base model's."""
+    58 and 13; prior_share 0.125, 51 and 50; lr 1.5e-2, 51 and 54; 600 steps, 40 rings; batch 8, 36. None
+    reached 52 rings (81%) with the old prompts within 5 points of the base model's."""
 
     seed: int = 0
     concept: str = "ring"

@@ -152,11 +152,17 @@ def _check_lora_scale(value: Any) -> float:
     return number(*LORA_SCALE)(value["scale"], "joint_attention_kwargs['scale']")
 
 
+def is_lora_layer(layer) -> bool:
+    """Whether `layer` is a LoRA layer with adapters (peft's, as `load_lora_weights` adds them): its `scaling` maps
+    adapter names to scales."""
+    scaling = getattr(layer, "scaling", None)
+    return isinstance(scaling, dict) and bool(scaling)
+
+
 def has_lora(pipe) -> bool:
-    """Whether `pipe`'s transformer has LoRA layers (peft's, as `load_lora_weights` adds them)."""
+    """Whether `pipe`'s transformer has LoRA layers."""
     transformer = getattr(pipe, "transformer", None)
-    return transformer is not None and any(isinstance(getattr(layer, "scaling", None), dict) and layer.scaling
-                                           for layer in transformer.modules())
+    return transformer is not None and any(is_lora_layer(layer) for layer in transformer.modules())
 
 
 PER_PICTURE = ("negative_prompt", "image", "mask_image", "prompt_2", "prompt_3", "negative_prompt_2",
@@ -282,9 +288,8 @@ def pipeline_fingerprint(pipe) -> str:
             sample = flat[:: max(1, flat.numel() // SAMPLES_PER_TENSOR)][:SAMPLES_PER_TENSOR].contiguous()
             digest.update(sample.view(torch.uint8).cpu().numpy().tobytes())
         for name, layer in module.named_modules():
-            scaling = getattr(layer, "scaling", None)
-            if isinstance(scaling, dict) and scaling:  # a LoRA layer (peft): which adapters act, at what scale
-                digest.update(f"{name}:{sorted(scaling.items())}{list(layer.active_adapters)}"
+            if is_lora_layer(layer):  # which adapters act, at what scale
+                digest.update(f"{name}:{sorted(layer.scaling.items())}{list(layer.active_adapters)}"
                               f"{list(getattr(layer, 'merged_adapters', []))}{bool(layer.disable_adapters)};".encode())
     return digest.hexdigest()[:24]
 

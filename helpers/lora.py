@@ -653,7 +653,6 @@ def variants_table(record: str | Path = VARIANTS_FILE) -> list[dict[str, str]]:
     each compared seed by seed with the default's (helpers.experiments.paired_change)."""
     from helpers.experiments import paired_change
 
-    record = check_path(record, "record")
     if not record.is_file():
         raise ValueError(f"record={str(record)!r} does not exist: `python -m helpers.lora variants --out FOLDER` "
                          "writes it.")
@@ -662,12 +661,12 @@ def variants_table(record: str | Path = VARIANTS_FILE) -> list[dict[str, str]]:
     if missing:
         raise ValueError(f"record={str(record)!r} has no results for {', '.join(missing)}: run "
                          "`python -m helpers.lora variants --out FOLDER` to measure them.")
-    default = results[next(iter(VARIANTS))]
+    first = next(iter(VARIANTS))
 
     def against(key: str, what: str, label: str) -> str:
-        if label == next(iter(VARIANTS)):
+        if label == first:
             return ""
-        change = paired_change(default[key], results[label][key])
+        change = paired_change(results[first][key], results[label][key])
         verdict = ({"lower": f"fewer {what}", "higher": f"more {what}"}[change.direction] if change.direction
                    else "no evidence of a change")
         return f"{verdict}: fewer in {change.lower}, more in {change.higher}, p = {change.p:.2g}"

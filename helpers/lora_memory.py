@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from helpers.checks import checked, one_of, side
+from helpers.checks import checked, one_of, pipeline, side, whole
 from helpers.models import full_size_model
 
 ACTIVATIONS_FILE = Path(__file__).parent / "configs" / "lora-activations.json"
@@ -142,14 +142,10 @@ class TrainingEstimate:
     peak_gb: float
 
 
-def _gb(value: float) -> float:
-    return round(value / 1e9, 2)
-
-
 @checked(model=full_size_model, size=side, recipe=one_of(*RECIPES))
 def training_estimate(model: str, size: int = 1024, recipe: str = "qlora") -> TrainingEstimate:
     """GPU memory of one LoRA training step of `model` at `size` x `size` by `recipe` (RECIPES), batch 1."""
-    from helpers.memory import breakdown
+    from helpers.memory import _gb, breakdown
 
     if size not in SIZES:
         raise ValueError(f"size={size} is not one the activations were measured at: use one of "
@@ -187,6 +183,7 @@ def training_table(model: str) -> list[dict]:
     return rows
 
 
+@checked(pipe=pipeline, recipe=one_of(*RECIPES), size=side, steps=whole(1, 1000))
 def measure_training_step(pipe, recipe: str, size: int, *, steps: int = 3) -> dict:
     """Run `steps` LoRA training steps of RECIPES[`recipe`] on `pipe`'s transformer as helpers.lora trains (its
     adapters, loss and update), batch 1 at `size` x `size`, on random latents and random prompt embeddings of
@@ -201,12 +198,11 @@ def measure_training_step(pipe, recipe: str, size: int, *, steps: int = 3) -> di
     from helpers.lora import LoraRecipe, lora_step, training_adapters
     from helpers.quantization import count_4bit_layers
 
-    chosen = RECIPES[one_of(*RECIPES)(recipe, "recipe")]
-    side(size, "size")
-    transformer = pipe.transformer
-    if (chosen.base == "nf4") != bool(count_4bit_layers(transformer)):
+    chosen, transformer = RECIPES[recipe], pipe.transformer
+    nf4 = bool(count_4bit_layers(transformer))
+    if (chosen.base == "nf4") != nf4:
         raise ValueError(f"recipe={recipe!r} trains a {'NF4' if chosen.base == 'nf4' else '16-bit'} transformer, and "
-                         f"this one is {'NF4' if count_4bit_layers(transformer) else 'not'}: quantize it first "
+                         f"this one is {'NF4' if nf4 else 'not'}: quantize it first "
                          "(helpers.quantization.quantize_linear_layers_nf4), or pick the recipe of its weights.")
     config, device, dtype = transformer.config, transformer.device, transformer.dtype
     generator = torch.Generator().manual_seed(0)

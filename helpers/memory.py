@@ -259,7 +259,8 @@ class Estimate:
     """The process's largest resident memory on the host (GB)."""
 
 
-def _gb(value: int) -> float:
+def _gb(value: float) -> float:
+    """Bytes as GB (10^9), to two places: the unit of every estimate here and in helpers.lora_memory."""
     return round(value / 1e9, 2)
 
 

@@ -500,7 +500,7 @@ def flow_matching_loss(pipe, recipe: Recipe, step: int, latents: torch.Tensor, c
     prediction, target = velocity, noise - latents
     if precondition_outputs:
         prediction, target = noisy - sigmas[:, None, None, None] * velocity, latents
-    if weighting_scheme not in ("sigma_sqrt", "cosmap"):
+    if weighting_scheme not in ("sigma_sqrt", "cosmap"):  # weights of 1: the plain mean, summed as it always was
         return torch.nn.functional.mse_loss(prediction, target)
     weighting = compute_loss_weighting_for_sd3(weighting_scheme, sigmas)
     return (weighting * ((prediction - target).float() ** 2).mean(dim=(1, 2, 3))).mean()

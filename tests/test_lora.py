@@ -210,7 +210,7 @@ def test_diffusers_weighting_schemes_give_the_losses_they_name():
 def test_the_committed_comparison_of_recipes_is_of_the_recipes_in_the_code():
     """Notebook 11 shows helpers/configs/lora-variants.json: each entry must be the recipe LoraRecipe makes now,
     judged seed by seed, or the table would show another recipe's numbers (remeasure: python -m helpers.lora
-    weightings --out FOLDER)."""
+    variants --out FOLDER)."""
     from dataclasses import asdict
 
     results = json.loads(lora.VARIANTS_FILE.read_text())

@@ -20,24 +20,41 @@ def _heads(attn, tensor):
     return tensor.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
 
 
-def chunked_attention(query, key, value, query_chunk: int | None = None):
-    """`scaled_dot_product_attention(query, key, value)` over `query_chunk` queries at a time (None: all at once)."""
+KERNELS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+           "math": "MATH"}
+"""The scaled-dot-product kernels a reader can ask PyTorch for, by the names the series uses (`torch.nn.attention.
+SDPBackend`'s members as values). None leaves the choice to PyTorch."""
+
+
+def chunked_attention(query, key, value, query_chunk: int | None = None, kernel: str | None = None):
+    """`scaled_dot_product_attention(query, key, value)` over `query_chunk` queries at a time (None: all at once),
+    with PyTorch's kernel `kernel` (a key of KERNELS; None: PyTorch chooses)."""
+    from contextlib import nullcontext
+
     import torch
     import torch.nn.functional as F
 
-    if query_chunk is None or query.shape[2] <= query_chunk:
-        return F.scaled_dot_product_attention(query, key, value)
-    return torch.cat([F.scaled_dot_product_attention(query[:, :, start:start + query_chunk], key, value)
-                      for start in range(0, query.shape[2], query_chunk)], dim=2)
+    if kernel is None:
+        chosen = nullcontext()
+    else:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        chosen = sdpa_kernel([getattr(SDPBackend, KERNELS[kernel])])
+    with chosen:
+        if query_chunk is None or query.shape[2] <= query_chunk:
+            return F.scaled_dot_product_attention(query, key, value)
+        return torch.cat([F.scaled_dot_product_attention(query[:, :, start:start + query_chunk], key, value)
+                          for start in range(0, query.shape[2], query_chunk)], dim=2)
 
 
 class JointAttention:
     """SD3's joint attention, computed as diffusers' JointAttnProcessor2_0 computes it (SD3.5's RMS normalisation
     of queries and keys included), with q, k and v projected by one fused matrix multiply per stream (`fused=True`,
-    after `attn.fuse_projections()`) and attention over `query_chunk` queries at a time (None: all at once)."""
+    after `attn.fuse_projections()`), attention over `query_chunk` queries at a time (None: all at once) and PyTorch's
+    attention kernel `kernel` (a key of KERNELS; None: PyTorch chooses)."""
 
-    def __init__(self, *, fused: bool = False, query_chunk: int | None = None):
-        self.fused, self.query_chunk = fused, query_chunk
+    def __init__(self, *, fused: bool = False, query_chunk: int | None = None, kernel: str | None = None):
+        self.fused, self.query_chunk, self.kernel = fused, query_chunk, kernel
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         import torch
@@ -55,7 +72,8 @@ class JointAttention:
             text = project(encoder_hidden_states, getattr(attn, "to_added_qkv", None),
                            (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj), attn.norm_added_q, attn.norm_added_k)
             query, key, value = (torch.cat(pair, dim=2) for pair in zip((query, key, value), text, strict=True))
-        out = chunked_attention(query, key, value, self.query_chunk).transpose(1, 2).flatten(2).to(query.dtype)
+        out = chunked_attention(query, key, value, self.query_chunk, self.kernel).transpose(1, 2).flatten(2)
+        out = out.to(query.dtype)
         image_out = attn.to_out[1](attn.to_out[0](out[:, :image_tokens]))
         if encoder_hidden_states is None:
             return image_out

@@ -76,6 +76,21 @@ class BenchResult:
     peak_memory_gb: float | None = None
     memory_kind: str = ""
     gpu: str | None = None
+    first_call_s: float | None = None
+    """The first (untimed) call alone: where torch.compile compiles. None without a warm-up."""
+    graphs_compiled: int = 0
+    """Graphs torch.compile compiled during the warm-up."""
+    recompiles: int = 0
+    """Graphs compiled during the timed runs: more than 0 means the timed runs include compiling."""
+    attention_kernel: str | None = None
+    """The attention kernel PyTorch dispatched for the model's shapes (helpers.speed.attention_kernel_used)."""
+
+    @property
+    def compile_s(self) -> float | None:
+        """About how long compiling took: the first call's time over the median call's (None: nothing compiled)."""
+        if not self.graphs_compiled or self.first_call_s is None:
+            return None
+        return max(0.0, self.first_call_s - self.median)
 
     @property
     def median(self) -> float:
@@ -96,6 +111,9 @@ class BenchResult:
             "min / median / max (s)": f"{min(self.runs):.3f} / {self.median:.3f} / {max(self.runs):.3f}",
             **{stage: f"{seconds:.3f}" for stage, seconds in self.stages.items()},
             "peak memory": f"{self.peak_memory_gb:.2f} GB {self.memory_kind}" if self.peak_memory_gb else "-",
+            "attention kernel": self.attention_kernel or "-",
+            "compile (s)": "-" if self.compile_s is None else
+                           f"{self.compile_s:.1f} ({self.graphs_compiled} graphs, {self.recompiles} recompiled)",
         }
 
 
@@ -299,7 +317,20 @@ def benchmark(
             pipe(**(inputs or {"prompt": prompt}), generator=torch.Generator("cpu").manual_seed(0), **settings)
         per_run_stages.append(totals)
 
-    seconds, peak, kind = time_call(call, device=device, warmup=warmup, runs=runs, progress=progress)
+    from helpers.speed import attention_kernel_used, compiled_graphs
+
+    graphs_before = compiled_graphs()
+    first_s = None
+    if warmup:  # the first call alone: where torch.compile compiles, reported apart from the time per picture
+        _synchronize(device)
+        started = time.perf_counter()
+        call()
+        _synchronize(device)
+        first_s = time.perf_counter() - started
+    graphs_warm = compiled_graphs()
+    seconds, peak, kind = time_call(call, device=device, warmup=max(0, warmup - 1), runs=runs, progress=progress)
+    recompiles = compiled_graphs() - graphs_warm
+    text_tokens = 77 + (spec.max_sequence_length or 256)
     timed = per_run_stages[-runs:]
     stages = {stage: statistics.median(run.get(stage, 0.0) for run in timed) for stage in STAGES}
     stages["other"] = max(0.0, statistics.median(seconds) - sum(stages.values()))
@@ -308,6 +339,8 @@ def benchmark(
         steps=steps, size=size, guidance_scale=guidance_scale, options=options or {}, runs=seconds, stages=stages,
         peak_memory_gb=peak, memory_kind=kind,
         gpu=torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        first_call_s=first_s, graphs_compiled=graphs_warm - graphs_before, recompiles=recompiles,
+        attention_kernel=attention_kernel_used(pipe, size, text_tokens=text_tokens),
     )
 
 
@@ -337,9 +370,9 @@ def fuse_qkv_projections(transformer) -> None:
     if not any(hasattr(block.attn, "to_qkv") for block in transformer.transformer_blocks):  # fused already: keep
         transformer.original_attn_processors = transformer.attn_processors  # the processors from before
     for block in transformer.transformer_blocks:
-        chunk = getattr(block.attn.processor, "query_chunk", None)
+        chunk, kernel = (getattr(block.attn.processor, name, None) for name in ("query_chunk", "kernel"))
         block.attn.fuse_projections(fuse=True)
-        block.attn.set_processor(JointAttention(fused=True, query_chunk=chunk))
+        block.attn.set_processor(JointAttention(fused=True, query_chunk=chunk, kernel=kernel))
 
 
 @checked(transformer=_sd3_transformer)
@@ -448,41 +481,37 @@ def _is_bench_json(path: Path) -> bool:
     return isinstance(data, dict) and {"model", "weights", "runs", "stages"} <= set(data)
 
 
+def bench_speedups(args: argparse.Namespace):
+    """The speed ladder's rungs a bench command asks for (helpers.speed)."""
+    from helpers.speed import speedups_rule
+
+    return speedups_rule({"compile": args.compile, "compile_vae": args.compile_vae,
+                          "attention_kernel": args.attention_kernel, "fp8": args.fp8, "cache": args.cache,
+                          "cache_every": args.cache_every}, "the speed options")
+
+
 def load_for_bench(args: argparse.Namespace):
     """The pipeline a bench command asks for, after every check that can fail has passed."""
-    import torch
-
     from helpers.loading import load_pipeline
     from helpers.routes import build_pipeline, fuse_refusal, plan_route
 
-    if args.compile and args.offload:
-        raise ValueError(f"--compile cannot be combined with --offload {args.offload}: the offload hooks move weights "
-                         "between CPU and GPU inside the forward pass, which torch.compile(fullgraph=True) refuses to "
-                         "trace (measured on an H100, helpers/gpu_runs/). Time one or the other.")
     if args.fuse_qkv and fuse_refusal(args.quantize, args.offload):
         raise ValueError(f"--fuse-qkv cannot be used here: {fuse_refusal(args.quantize, args.offload)}. Time one or "
                          "the other.")
     spec = get_model(args.model)
     if args.weights == "random" and spec.is_stand_in:
         raise ValueError("--weights random builds a full-size model; use it with --model large, large-turbo or medium.")
-    options = {"offload": args.offload or "auto", "quantize": args.quantize, "t5": "drop" if args.drop_t5 else "keep"}
-    route = plan_route(spec, **options)  # 'auto' offload picks none or model offload: both can be fused
-    if args.compile and not route.device.startswith("cuda"):
-        raise ValueError("--compile needs a CUDA GPU: on a CPU, compiling takes minutes and measures nothing useful.")
-    if args.compile and route.dtype == "bfloat16" and not route.machine.bf16_tensor_cores:
-        raise ValueError(f"--compile in bfloat16 on the {route.machine.gpu}: inductor skips bf16 on GPUs without bf16 "
-                         "(compute capability below 8.0), so nothing would be compiled. Leave the dtype to the route "
-                         "(float16 there).")
+    options = {"offload": args.offload or "auto", "quantize": args.quantize, "t5": "drop" if args.drop_t5 else "keep",
+               "speed": bench_speedups(args)}
+    route = plan_route(spec, **options)  # refuses speed-ups the route cannot run, naming why
     if args.weights == "random" and not route.device.startswith("cuda"):
         raise ValueError("--weights random needs a CUDA GPU: a full-size model with random weights is for GPU timing.")
     if args.weights == "random":
         pipe = build_pipeline(route, weights="random")
     else:
         pipe = load_pipeline(spec, **options)
-    if args.fuse_qkv:
+    if args.fuse_qkv:  # before the first call, so a compiled block traces the fused projections
         fuse_qkv_projections(pipe.transformer)
-    if args.compile:
-        pipe.transformer = torch.compile(pipe.transformer, mode="max-autotune", fullgraph=True)
     return pipe
 
 
@@ -515,7 +544,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", choices=["nf4"], help="store the transformer in NF4")
     parser.add_argument("--offload", choices=["model", "sequential", "group"], help="CPU offload (default: none)")
     parser.add_argument("--drop-t5", action="store_true", help="no T5 text encoder (text_encoder_3=None)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer (GPU only)")
+    parser.add_argument("--compile", nargs="?", const="regional", choices=["regional", "full"],
+                        help="torch.compile the transformer: its repeated block (regional, the default) or all of it; "
+                             "the compile time is reported apart")
+    parser.add_argument("--compile-vae", action="store_true", help="compile the VAE decoder (channels-last)")
+    parser.add_argument("--attention-kernel", choices=["flash", "efficient", "cudnn", "math"],
+                        help="PyTorch's attention kernel (default: PyTorch chooses; the one used is reported)")
+    parser.add_argument("--fp8", action="store_true", help="FP8 linear layers (torchao; GPUs with FP8: L4, H100)")
+    parser.add_argument("--cache", choices=["pab"], help="reuse attention between steps (Pyramid Attention Broadcast)")
+    parser.add_argument("--cache-every", type=int, default=2,
+                        help="with --cache: attention computed every this many steps in its window (default 2)")
     parser.add_argument("--fuse-qkv", action="store_true", help="fuse the transformer's q, k, v projections")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's recommended)")
     parser.add_argument("--size", type=int, help="height and width in pixels (default: the model's)")
@@ -536,13 +574,15 @@ def main(argv: list[str] | None = None) -> int:
         _check_counts(steps=steps, runs=args.runs, warmup=args.warmup)
         check_side("--size", size)
         check_guidance_scale(guidance, "--guidance")
+        whole(2, 100)(args.cache_every, "--cache-every")
         if args.json:
             args.json = check_output_file(args.json, "--json", ours=_is_bench_json)  # before the benchmark
         pipe = load_for_bench(args)
     except (ValueError, MemoryError) as error:
         parser.error(str(error))
-    options = {"quantize": args.quantize, "offload": args.offload, "drop_t5": args.drop_t5,
-               "compile": args.compile, "fuse_qkv": args.fuse_qkv}
+    speed = bench_speedups(args)
+    options = {"quantize": args.quantize, "offload": args.offload, "drop_t5": args.drop_t5, "fuse_qkv": args.fuse_qkv,
+               **{key: value for key, value in asdict(speed).items() if key != "cache_every" or speed.cache}}
     from helpers.display import Table
 
     try:

@@ -58,7 +58,11 @@ CHECKS = (
     Check("stand-in-loading", "every load_pipeline option combination on the stand-in, each task through from_pipe",
           False, 20),
     Check("bench-options", "every python -m helpers.bench option combination on the stand-in", False, 15),
-    # Not yet measured on a GPU: first, so the default budget reaches them.
+    # Not yet measured on a GPU: first, so the default budget reaches them. The speed ladder first of all.
+    Check("ladder-large", "the speed ladder on SD3.5 Large (28 steps, CFG), rung by rung: attention kernels, the "
+          "attention cache, regional compile, + VAE compile, + FP8; then Large Turbo (4 steps) at the top rung. Time, "
+          "stage split, compile time, kernel, and pixel difference from bf16 eager", True, 150),
+    Check("ladder-medium", "the speed ladder on SD3.5 Medium (28 steps, CFG), as for Large", True, 120),
     Check("t4-vae-decode", "the VAE decode at 1024x1024 as a T4 runs it: bf16 without cuDNN, float16 with it",
           True, 30),
     Check("fp16", "SD3.5 Medium and Large at full size in float16 (time and memory)", True, 60),
@@ -472,6 +476,112 @@ def check_lora_training(recorder: Recorder) -> None:
         _free_memory()
 
 
+LADDER = ("PyTorch's attention kernel", "cudnn attention", "flash attention", "attention cache (PAB, every 2 steps)",
+          "regional compile", "regional compile + VAE compile", "regional compile + VAE compile + FP8")
+"""The speed ladder's rungs in the order `check_speed_ladder` measures them: the rungs that can be undone first
+(attention kernels, the cache), then the compiled rungs, each adding to the one before."""
+
+
+def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, steps: int = STEPS,
+                       rungs: tuple[str, ...] = LADDER, runs: int = 2) -> None:
+    """Each rung of LADDER on one full-size pipeline with random weights: seconds per picture (`runs` after a
+    first call timed apart, which compiles), the stage split, graphs compiled and recompiled, the attention kernel
+    that ran, GPU peak, and the mean pixel difference (0 to 255) from the first rung's picture of the same seed (a
+    lower bound on the drift real weights would show). A rung the GPU cannot run is recorded as refused. Large's
+    check ends with Large Turbo's settings (4 steps, no CFG) at the last rung reached. Without a GPU it runs on
+    the stand-in (`model='tiny'`), for the tests."""
+    import numpy as np
+
+    from helpers.bench import benchmark
+    from helpers.models import get_model
+    from helpers.routes import route_of
+    from helpers.speed import (
+        Speedups,
+        cache_attention,
+        machine_refusal,
+        quantize_fp8,
+        remove_attention_cache,
+        speed_up,
+        use_attention_kernel,
+    )
+
+    spec = get_model(model)
+    with recorder.case("ladder planned", model=model) as record:
+        record["rungs"] = list(rungs)
+    pipe = _full_size(model) if not spec.is_stand_in else _stand_in()
+    route = route_of(pipe)
+    guidance = spec.guidance_scale if spec.guidance_scale > 1 else 7.0
+    settings = {"steps": steps, "size": size, "guidance_scale": guidance}
+    pictures: dict[str, Any] = {}
+    applied = Speedups()
+    speeds = {
+        "PyTorch's attention kernel": Speedups(), "cudnn attention": Speedups(attention_kernel="cudnn"),
+        "flash attention": Speedups(attention_kernel="flash"), "attention cache (PAB, every 2 steps)":
+        Speedups(cache="pab"), "regional compile": Speedups(compile="regional"),
+        "regional compile + VAE compile": Speedups(compile="regional", compile_vae=True),
+        "regional compile + VAE compile + FP8": Speedups(compile="regional", compile_vae=True, fp8=True),
+    }
+
+    def picture(call_settings):
+        import torch
+
+        output = pipe(prompt="A group of elves hunting a dragon, 4k cinema", num_inference_steps=call_settings["steps"],
+                      height=size, width=size, guidance_scale=call_settings["guidance_scale"], output_type="np",
+                      generator=torch.Generator("cpu").manual_seed(0))
+        return np.nan_to_num(output.images[0].astype(np.float64))
+
+    for rung in rungs:
+        speed = speeds[rung]
+        with recorder.case(rung, model=model) as record:
+            why_not = machine_refusal(speed, machine=route.machine, dtype=route.dtype, emulated=False)
+            if why_not:
+                record.update(status="refused", error=why_not)
+                continue
+            if speed.attention_kernel:
+                use_attention_kernel(pipe.transformer, speed.attention_kernel)
+            elif speed.cache:
+                cache_attention(pipe.transformer, every=speed.cache_every)
+            elif speed.any:  # a compiled rung: only what it adds to the one before
+                if speed.fp8 and not applied.fp8:
+                    quantize_fp8(pipe.transformer)
+                added = Speedups(compile=None if applied.compile else speed.compile,
+                                 compile_vae=speed.compile_vae and not applied.compile_vae)
+                if added.any:
+                    speed_up(pipe, added)
+                applied = speed
+            try:
+                result = benchmark(pipe, model=spec.name, weights="random" if not spec.is_stand_in else "stand-in",
+                                   runs=runs, warmup=1, progress=False, options={"rung": rung}, **settings)
+                record.update(median_s=round(result.median, 4), runs_s=[round(s, 4) for s in result.runs],
+                              stages={stage: round(value, 4) for stage, value in result.stages.items()},
+                              first_call_s=round(result.first_call_s, 2), graphs_compiled=result.graphs_compiled,
+                              recompiles=result.recompiles, attention_kernel=result.attention_kernel,
+                              gpu_peak_gb=None if result.memory_kind != "GPU allocated" else round(
+                                  result.peak_memory_gb, 2), steps=steps)
+                pictures[rung] = picture(settings)
+                record["pixel_difference"] = round(float(np.abs(pictures[rung] - pictures[rungs[0]]).mean() * 255), 3)
+            finally:
+                if speed.attention_kernel:  # back to PyTorch's choice for the rungs after
+                    use_attention_kernel(pipe.transformer, None)
+                if speed.cache:
+                    remove_attention_cache(pipe.transformer)
+    if model == "large" and applied.any:
+        turbo = get_model("large-turbo")
+        with recorder.case(f"Large Turbo's settings at {applied.describe()}", model="large-turbo") as record:
+            result = benchmark(pipe, model="large-turbo", weights="random", steps=turbo.num_inference_steps,
+                               size=size, guidance_scale=turbo.guidance_scale, runs=3, warmup=1, progress=False)
+            record.update(median_s=round(result.median, 4), steps=turbo.num_inference_steps,
+                          stages={stage: round(value, 4) for stage, value in result.stages.items()},
+                          first_call_s=round(result.first_call_s, 2), recompiles=result.recompiles,
+                          graphs_compiled=result.graphs_compiled)
+
+
+def _stand_in():
+    from helpers.loading import load_pipeline
+
+    return load_pipeline("tiny")
+
+
 def _rss_bytes() -> int:
     import psutil
 
@@ -481,6 +591,8 @@ def _rss_bytes() -> int:
 RUNNERS: dict[str, Callable[[Recorder], None]] = {
     "stand-in-loading": check_stand_in_loading,
     "bench-options": check_bench_options,
+    "ladder-large": lambda recorder: check_speed_ladder(recorder, "large"),
+    "ladder-medium": lambda recorder: check_speed_ladder(recorder, "medium"),
     "t4-vae-decode": check_t4_vae_decode,
     "fp16": check_fp16,
     "lora-training": check_lora_training,

@@ -19,6 +19,7 @@ from helpers.checks import checked, optional, shown
 from helpers.machines import emulated_machine, machine_rule
 from helpers.models import ModelSpec, get_model, model_spec
 from helpers.routes import Route, build_pipeline, device_rule, dtype_rule, option, plan_route, remember
+from helpers.speed import Speedups, speedups_rule
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +83,7 @@ def task_rule(value: object, name: str = "task") -> str:
 
 
 @checked(model=model_spec, task=task_rule, device=optional(device_rule), dtype=optional(dtype_rule), offload=option,
-         quantize=option, t5=option, machine=optional(machine_rule))
+         quantize=option, t5=option, machine=optional(machine_rule), speed=speedups_rule)
 def load_pipeline(
     model: str | ModelSpec,
     task: str = "text-to-image",
@@ -93,6 +94,7 @@ def load_pipeline(
     quantize: str | None = "auto",
     t5: str = "auto",
     machine: str | None = None,
+    speed: Speedups | dict | None = None,
 ) -> DiffusionPipeline:
     """The diffusers pipeline of `model` for `task` ('text-to-image', 'image-to-image' or 'inpainting').
 
@@ -109,6 +111,8 @@ def load_pipeline(
       the first route of AUTO_ROUTES that fits this GPU's free memory and this machine's RAM (helpers.routes).
     - `machine` (or SD35_MACHINE): plan as that catalogue machine (helpers.machines) and run that route here, on
       the CPU, with an offline model; what needs a GPU is reported, not run.
+    - `speed`: rungs of the speed ladder (helpers.speed, notebook 03), e.g. `{'compile': 'regional'}`,
+      `{'attention_kernel': 'flash'}`, `{'fp8': True}`, `{'cache': 'pab'}`; refused where the route cannot run them.
     Bad values and combinations that cannot work raise before anything loads.
     """
     spec = get_model(model)
@@ -117,11 +121,11 @@ def load_pipeline(
     # would find that the model no longer fits beside itself. Then by the route, so that options spelled another way
     # ('auto' or the value it resolves to) share one pipeline.
     origin = os.environ.get(TOY_DIR_VARIABLE, "").strip() if spec.is_toy or spec.plays else ""  # which toy folder
-    request = (spec, machine or emulated_machine(), device, dtype, offload, quantize, t5, origin)
+    request = (spec, machine or emulated_machine(), device, dtype, offload, quantize, t5, origin, speed)
     route = _requested.get(request)
     if route is None or not _loaded.get((route.key, origin)):
         route = plan_route(spec, machine=machine, device=device, dtype=dtype, offload=offload, quantize=quantize,
-                           t5=t5)
+                           t5=t5, speed=speed)
     alive = _loaded.setdefault((route.key, origin), weakref.WeakSet())
     for pipe in list(alive):
         if type(pipe) is pipeline_class:

@@ -11,12 +11,14 @@ streams) is planned and reported, not run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from helpers.checks import checked, optional, shown, side
 from helpers.machines import MACHINES, Machine, emulated_machine, get_machine, live_machine, machine_rule
 from helpers.models import ModelSpec, get_model, model_spec
+from helpers.speed import Speedups, combination_refusal, machine_refusal, speedups_rule
+from helpers.speed import not_run_here as speed_not_run_here
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +81,8 @@ class Route:
     vae_tiling: bool = False
     strategy: str | None = None
     """The helpers.memory strategy these options stand for (None: an offline model, or a CPU)."""
+    speed: Speedups = field(default_factory=Speedups)
+    """The rungs of the speed ladder applied after loading (helpers.speed)."""
 
     @property
     def key(self) -> tuple:
@@ -112,7 +116,7 @@ class Route:
         if self.quantize == "nf4":
             skipped.append("diffusers' BitsAndBytesConfig quantizer (it needs a GPU; the same bitsandbytes NF4 "
                            "layers are built directly)")
-        return skipped
+        return skipped + speed_not_run_here(self.speed, self.emulated)
 
     def cannot_fuse_qkv(self) -> str | None:
         """Why fused q/k/v projections cannot be used on this route (None: they can)."""
@@ -149,6 +153,8 @@ class Route:
         parts.append(f"{self.attention} attention")
         if self.vae_tiling:
             parts.append("VAE tiles")
+        if self.speed.any:
+            parts.append(self.speed.describe())
         return ", ".join(parts)
 
     def report(self) -> str:
@@ -248,13 +254,33 @@ def check_choices(offload, quantize, t5) -> None:
 
 
 @checked(model=model_spec, machine=optional(machine_rule), device=optional(device_rule), dtype=optional(dtype_rule),
-         offload=option, quantize=option, t5=option, size=optional(side))
+         offload=option, quantize=option, t5=option, size=optional(side), speed=speedups_rule)
 def plan_route(model: str | ModelSpec, *, machine: str | Machine | None = None, device: str | None = None,
-               dtype=None, offload="auto", quantize="auto", t5="auto", size: int | None = None) -> Route:
+               dtype=None, offload="auto", quantize="auto", t5="auto", size: int | None = None,
+               speed: Speedups | dict | None = None) -> Route:
     """The route `model` loads with: for `machine` (a catalogue name) or SD35_MACHINE where set, emulated on this
     CPU; else for the GPU here (`device`); else for this CPU. Options left 'auto' take the first route of
     AUTO_ROUTES that fits (helpers.memory's estimates, in the machine's dtype), turning on VAE tiling where only
-    that makes the decode fit. Raises, naming the value and the fix, before anything loads."""
+    that makes the decode fit. `speed`: the rungs of helpers.speed's ladder (a dict such as
+    `{'compile': 'regional'}`), checked against the route. Raises, naming the value and the fix, before anything
+    loads."""
+    speed = speed or Speedups()
+    asked = combination_refusal(speed, offload=None if offload == "auto" else offload,
+                                quantize=None if quantize == "auto" else quantize)
+    if asked:  # whatever the machine: said before planning
+        raise ValueError(f"speed ({speed.describe()}) cannot run: {asked}.")
+    route = _plan(model, machine=machine, device=device, dtype=dtype, offload=offload, quantize=quantize, t5=t5,
+                  size=size)
+    if not speed.any:
+        return route
+    why_not = (combination_refusal(speed, offload=route.offload, quantize=route.quantize)
+               or machine_refusal(speed, machine=route.machine, dtype=route.dtype, emulated=route.emulated))
+    if why_not:
+        raise ValueError(f"speed ({speed.describe()}) cannot run on this route ({route.describe()}): {why_not}.")
+    return replace(route, speed=speed)
+
+
+def _plan(model, *, machine, device, dtype, offload, quantize, t5, size) -> Route:
     from helpers.memory import fits_machine, load_options, strategy_named
 
     spec = get_model(model)
@@ -388,8 +414,8 @@ def apply_offload(pipe, offload: str, device: str) -> None:
 def build_pipeline(route: Route, pipeline_class=None, *, weights: str = "pretrained"):
     """The pipeline of `route`: its weights loaded (`weights='pretrained'`: the hub or the offline model's folder)
     or built with random values at full size (`weights='random'`, for GPU timing), then the route applied, in this
-    order: NF4 layers where no loader made them, bounded attention, VAE tiling, offload (where it runs), and the
-    NaN check."""
+    order: NF4 layers where no loader made them, bounded attention, VAE tiling, offload (where it runs), the NaN
+    check, and the speed-ups (helpers.speed)."""
     from helpers import quantization
     from helpers.attention import bound_attention_memory
 
@@ -415,6 +441,10 @@ def build_pipeline(route: Route, pipeline_class=None, *, weights: str = "pretrai
     if route.offloads_here:
         apply_offload(pipe, route.offload, route.device)
     guard_against_non_finite(pipe)
+    if route.speed.any:  # last: compiling must see the final modules
+        from helpers.speed import speed_up
+
+        speed_up(pipe, route.speed, run_everything=not route.emulated)
     return pipe
 
 

@@ -282,6 +282,7 @@ def cache_attention(transformer, *, every: int = 2, window: tuple[int, int] = CA
         now["timestep"] = value
 
     transformer._timestep_hook = transformer.register_forward_pre_hook(record_timestep, with_kwargs=True)
+    transformer._attention_cache = {"pab": every, "window": list(window)}
     config = PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=every,
                                              spatial_attention_timestep_skip_range=window,
                                              current_timestep_callback=lambda: now["timestep"])
@@ -297,7 +298,7 @@ def remove_attention_cache(transformer) -> None:
     if handle is None:
         raise ValueError("remove_attention_cache: this transformer has no attention cache to remove.")
     handle.remove()
-    del transformer._timestep_hook
+    del transformer._timestep_hook, transformer._attention_cache
     for module in transformer.modules():
         registry = getattr(module, "_diffusers_hook", None)
         if registry is not None and registry.get_hook("pyramid_attention_broadcast") is not None:
@@ -316,6 +317,30 @@ def attention_cached(transformer, every: int = 2):
         remove_attention_cache(transformer)
 
 
+def speed_signature(pipe) -> dict[str, Any]:
+    """The speed-ups acting on `pipe` now that can change its pictures, as plain data for a picture's cache key
+    (helpers.experiments): those `speed_up` applied, and the attention cache and kernel as the transformer has them
+    at this moment (`attention_cached` adds and removes the cache). Empty where none acts."""
+    from helpers.attention import JointAttention
+
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is None:
+        return {}
+    report = speed_report(pipe)
+    found: dict[str, Any] = {}
+    if report is not None:
+        found.update({name: value for name, value in asdict(report.speed).items()
+                      if name in ("compile", "compile_vae", "fp8") and value})
+    kernels = sorted({module.processor.kernel for module in transformer.modules()
+                      if isinstance(getattr(module, "processor", None), JointAttention) and module.processor.kernel})
+    if kernels:
+        found["attention_kernel"] = kernels
+    cache = getattr(transformer, "_attention_cache", None)
+    if cache is not None:
+        found["cache"] = cache
+    return found
+
+
 def compiled_graphs() -> int:
     """Graphs torch.compile has compiled in this process so far: one more after a call means that call compiled
     (or recompiled) something."""
@@ -325,25 +350,35 @@ def compiled_graphs() -> int:
 
 
 SDPA_OPERATIONS = {
-    "aten::_scaled_dot_product_flash_attention": "flash",
-    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)",
-    "aten::_scaled_dot_product_efficient_attention": "efficient",
-    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
-    "aten::_scaled_dot_product_attention_math": "math",
+    "aten._scaled_dot_product_flash_attention.default": "flash",
+    "aten._scaled_dot_product_flash_attention_for_cpu.default": "flash (CPU)",
+    "aten._scaled_dot_product_efficient_attention.default": "efficient",
+    "aten._scaled_dot_product_cudnn_attention.default": "cudnn",
 }
-"""PyTorch's operation for each attention kernel, as its profiler names them."""
+"""PyTorch's operation for each fused attention kernel. Its math kernel has none of its own: it runs as matrix
+multiplies and a softmax."""
 
 
 @checked(pipe=pipeline, size=whole(16, 4096), text_tokens=whole(1, 4096), batch=whole(1, 64))
 def attention_kernel_used(pipe, size: int, text_tokens: int = 77 + 256, batch: int = 2) -> str:
     """The attention kernel PyTorch dispatches for `pipe`'s joint attention at `size` x `size` with `text_tokens`
     (CLIP's 77 and T5's), batch 2 (with CFG): one attention call with the transformer's shapes, dtype, device and
-    processor settings, under PyTorch's profiler, which names the operation that ran."""
+    processor settings, watched at PyTorch's dispatcher, which sees the operation that runs. (PyTorch's profiler
+    sees it too, but prints its own start and stop lines in every notebook cell that uses it.)"""
     import torch
     from diffusers.models.attention_processor import Attention
-    from torch.profiler import ProfilerActivity, profile
+    from torch.utils._python_dispatch import TorchDispatchMode
 
     from helpers.attention import chunked_attention
+
+    class Operations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func))
+            return func(*args, **(kwargs or {}))
 
     transformer = pipe.transformer
     attention = next(module for module in transformer.modules() if isinstance(module, Attention))
@@ -353,13 +388,13 @@ def attention_kernel_used(pipe, size: int, text_tokens: int = 77 + 256, batch: i
     head_size = transformer.config.attention_head_dim
     parameter = next(transformer.parameters())
     dtype = parameter.dtype if parameter.is_floating_point() else pipe.dtype
-    device = pipe._execution_device
-    query = torch.randn(batch, attention.heads, tokens, head_size, dtype=dtype, device=device)
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+    query = torch.randn(batch, attention.heads, tokens, head_size, dtype=dtype, device=pipe._execution_device)
+    with torch.no_grad(), Operations() as watched:
         chunked_attention(query, query, query, getattr(processor, "query_chunk", None),
                           getattr(processor, "kernel", None))
-    names = {event.name for event in profiler.events()}
-    found = [label for operation, label in SDPA_OPERATIONS.items() if operation in names]
+    found = [label for operation, label in SDPA_OPERATIONS.items() if operation in watched.seen]
+    if not found and "aten.bmm.default" in watched.seen:
+        found = ["math"]
     return ", ".join(found) or "none recognised"
 
 

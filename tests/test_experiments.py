@@ -57,6 +57,37 @@ def test_sweep_image_equals_a_direct_pipeline_call(pipe, tmp_path):
     assert mean_difference(sweep.image(seed=3), direct) == 0.0
 
 
+def test_a_sweep_encodes_each_prompt_once_and_makes_the_same_pictures(pipe, tmp_path):
+    calls = []
+    handles = [getattr(pipe, part).register_forward_hook(lambda *_, part=part: calls.append(part))
+               for part in ("text_encoder", "text_encoder_2", "text_encoder_3")]
+    vary = {"seed": [0, 1, 2], "prompt": ["a cat on a mat", "a dog on a log"]}
+    try:
+        sweep = run_sweep(pipe, "tiny", {k: v for k, v in FIXED.items() if k != "prompt"}, vary, folder=tmp_path,
+                          progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # 2 prompts, each with CFG's empty negative prompt: each encoder ran 4 times (CLIPs per prompt), not once per
+    # picture (6 pictures, 12 runs of each)
+    assert sweep.generated == 6 and calls.count("text_encoder_3") == 4 and calls.count("text_encoder") <= 8
+    direct = pipe(**{**FIXED, "prompt": "a dog on a log"}, generator=torch.Generator("cpu").manual_seed(2)).images[0]
+    assert mean_difference(sweep.image(seed=2, prompt="a dog on a log"), direct) == 0.0
+
+
+def test_a_speed_up_that_changes_pictures_changes_the_key(pipe):
+    from helpers.speed import attention_cached
+
+    settings = {**FIXED, "seed": 0}
+    plain = image_key(pipe, "tiny", settings)
+    with attention_cached(pipe.transformer, every=2):
+        cached = image_key(pipe, "tiny", settings)
+    assert "speed" not in plain and cached["speed"] == {"cache": {"pab": 2, "window": [100, 800]}}
+    assert key_name(cached) != key_name(plain) and image_key(pipe, "tiny", settings) == plain  # the cache removed
+    kernel = load_pipeline("tiny", speed={"attention_kernel": "math"})
+    assert image_key(kernel, "tiny", settings)["speed"] == {"attention_kernel": ["math"]}
+
+
 def test_everything_that_changes_an_image_changes_its_key(pipe):
     settings = {**FIXED, "seed": 0}
     base = key_name(image_key(pipe, "tiny", settings))

@@ -476,25 +476,39 @@ def check_lora_training(recorder: Recorder) -> None:
         _free_memory()
 
 
-LADDER = ("PyTorch's attention kernel", "cudnn attention", "flash attention", "attention cache (PAB, every 2 steps)",
-          "regional compile", "regional compile + VAE compile", "regional compile + VAE compile + FP8")
-"""The speed ladder's rungs in the order `check_speed_ladder` measures them: the rungs that can be undone first
-(attention kernels, the cache), then the compiled rungs, each adding to the one before."""
+LADDER = ("bf16 eager", "regional compile", "regional compile + VAE compile", "regional compile + VAE compile + FP8",
+          "cudnn attention", "flash attention", "attention cache (PAB, every 2 steps)")
+"""The speed ladder's rungs in the order `check_speed_ladder` measures them, by value: eager first (the reference),
+the compiled rungs, each adding to the one before, then the rungs of the uncompiled model (attention kernels, the
+attention cache), on a second build with the same random weights."""
+
+
+def _ladder_speeds():
+    from helpers.speed import Speedups
+
+    return dict(zip(LADDER, (
+        Speedups(), Speedups(compile="regional"), Speedups(compile="regional", compile_vae=True),
+        Speedups(compile="regional", compile_vae=True, fp8=True), Speedups(attention_kernel="cudnn"),
+        Speedups(attention_kernel="flash"), Speedups(cache="pab"),
+    ), strict=True))
 
 
 def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, steps: int = STEPS,
                        rungs: tuple[str, ...] = LADDER, runs: int = 2) -> None:
-    """Each rung of LADDER on one full-size pipeline with random weights: seconds per picture (`runs` after a
+    """Each rung of `rungs` on one full-size pipeline with random weights: seconds per picture (`runs` after a
     first call timed apart, which compiles), the stage split, graphs compiled and recompiled, the attention kernel
     that ran, GPU peak, and the mean pixel difference (0 to 255) from the first rung's picture of the same seed (a
-    lower bound on the drift real weights would show). A rung the GPU cannot run is recorded as refused. Large's
-    check ends with Large Turbo's settings (4 steps, no CFG) at the last rung reached. Without a GPU it runs on
-    the stand-in (`model='tiny'`), for the tests."""
+    lower bound on the drift real weights would show). The compiled rungs add to each other; a rung of the
+    uncompiled model after them gets a new build, with the same random weights (the same seed). A rung the GPU
+    cannot run is recorded as refused. Large's check measures Large Turbo's settings (4 steps, no CFG) after its
+    last compiled rung. Without a GPU it runs on the stand-in (`model='tiny'`), for the tests."""
     import numpy as np
+    import torch
+    from diffusers import StableDiffusion3Pipeline
 
     from helpers.bench import benchmark
     from helpers.models import get_model
-    from helpers.routes import route_of
+    from helpers.routes import build_pipeline, plan_route
     from helpers.speed import (
         Speedups,
         cache_attention,
@@ -506,30 +520,37 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
     )
 
     spec = get_model(model)
+    speeds = _ladder_speeds()
     with recorder.case("ladder planned", model=model) as record:
         record["rungs"] = list(rungs)
-    pipe = _full_size(model) if not spec.is_stand_in else _stand_in()
-    route = route_of(pipe)
-    guidance = spec.guidance_scale if spec.guidance_scale > 1 else 7.0
-    settings = {"steps": steps, "size": size, "guidance_scale": guidance}
-    pictures: dict[str, Any] = {}
-    applied = Speedups()
-    speeds = {
-        "PyTorch's attention kernel": Speedups(), "cudnn attention": Speedups(attention_kernel="cudnn"),
-        "flash attention": Speedups(attention_kernel="flash"), "attention cache (PAB, every 2 steps)":
-        Speedups(cache="pab"), "regional compile": Speedups(compile="regional"),
-        "regional compile + VAE compile": Speedups(compile="regional", compile_vae=True),
-        "regional compile + VAE compile + FP8": Speedups(compile="regional", compile_vae=True, fp8=True),
-    }
 
-    def picture(call_settings):
-        import torch
+    route = (plan_route("tiny") if spec.is_stand_in else
+             plan_route(model, offload=None, quantize=None, t5="keep", dtype="bfloat16"))  # as _full_size plans
 
-        output = pipe(prompt="A group of elves hunting a dragon, 4k cinema", num_inference_steps=call_settings["steps"],
-                      height=size, width=size, guidance_scale=call_settings["guidance_scale"], output_type="np",
+    def build():
+        torch.manual_seed(0)  # the same random weights at every build
+        return build_pipeline(route, StableDiffusion3Pipeline, weights="pretrained" if spec.is_stand_in else "random")
+
+    def picture(call_steps: int, guidance: float):
+        output = pipe(prompt="A group of elves hunting a dragon, 4k cinema", num_inference_steps=call_steps,
+                      height=size, width=size, guidance_scale=guidance, output_type="np",
                       generator=torch.Generator("cpu").manual_seed(0))
         return np.nan_to_num(output.images[0].astype(np.float64))
 
+    def measured(record, call_model: str, call_steps: int, guidance: float, timed_runs: int, label: str) -> None:
+        result = benchmark(pipe, model=call_model, weights="stand-in" if spec.is_stand_in else "random",
+                           steps=call_steps, size=size, guidance_scale=guidance, runs=timed_runs, warmup=1,
+                           progress=False, options={"rung": label})
+        record.update(median_s=round(result.median, 4), runs_s=[round(value, 4) for value in result.runs],
+                      stages={stage: round(value, 4) for stage, value in result.stages.items()},
+                      first_call_s=round(result.first_call_s, 2), graphs_compiled=result.graphs_compiled,
+                      recompiles=result.recompiles, attention_kernel=result.attention_kernel, steps=call_steps,
+                      gpu_peak_gb=round(result.peak_memory_gb, 2) if result.memory_kind == "GPU allocated" else None)
+
+    pipe = build()
+    guidance = spec.guidance_scale if spec.guidance_scale > 1 else 7.0
+    reference = None
+    applied = Speedups()
     for rung in rungs:
         speed = speeds[rung]
         with recorder.case(rung, model=model) as record:
@@ -537,11 +558,16 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
             if why_not:
                 record.update(status="refused", error=why_not)
                 continue
+            compiled = bool(speed.compile or speed.compile_vae or speed.fp8)
+            if applied.any and not compiled:  # an uncompiled rung after compiled ones: build again
+                del pipe
+                _free_memory()
+                pipe, applied = build(), Speedups()
             if speed.attention_kernel:
                 use_attention_kernel(pipe.transformer, speed.attention_kernel)
             elif speed.cache:
                 cache_attention(pipe.transformer, every=speed.cache_every)
-            elif speed.any:  # a compiled rung: only what it adds to the one before
+            elif compiled:  # only what this rung adds to the one before
                 if speed.fp8 and not applied.fp8:
                     quantize_fp8(pipe.transformer)
                 added = Speedups(compile=None if applied.compile else speed.compile,
@@ -550,36 +576,20 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
                     speed_up(pipe, added)
                 applied = speed
             try:
-                result = benchmark(pipe, model=spec.name, weights="random" if not spec.is_stand_in else "stand-in",
-                                   runs=runs, warmup=1, progress=False, options={"rung": rung}, **settings)
-                record.update(median_s=round(result.median, 4), runs_s=[round(s, 4) for s in result.runs],
-                              stages={stage: round(value, 4) for stage, value in result.stages.items()},
-                              first_call_s=round(result.first_call_s, 2), graphs_compiled=result.graphs_compiled,
-                              recompiles=result.recompiles, attention_kernel=result.attention_kernel,
-                              gpu_peak_gb=None if result.memory_kind != "GPU allocated" else round(
-                                  result.peak_memory_gb, 2), steps=steps)
-                pictures[rung] = picture(settings)
-                record["pixel_difference"] = round(float(np.abs(pictures[rung] - pictures[rungs[0]]).mean() * 255), 3)
+                measured(record, spec.name, steps, guidance, runs, rung)
+                made = picture(steps, guidance)
+                reference = made if reference is None else reference
+                record["pixel_difference"] = round(float(np.abs(made - reference).mean() * 255), 3)
             finally:
                 if speed.attention_kernel:  # back to PyTorch's choice for the rungs after
                     use_attention_kernel(pipe.transformer, None)
                 if speed.cache:
                     remove_attention_cache(pipe.transformer)
-    if model == "large" and applied.any:
-        turbo = get_model("large-turbo")
-        with recorder.case(f"Large Turbo's settings at {applied.describe()}", model="large-turbo") as record:
-            result = benchmark(pipe, model="large-turbo", weights="random", steps=turbo.num_inference_steps,
-                               size=size, guidance_scale=turbo.guidance_scale, runs=3, warmup=1, progress=False)
-            record.update(median_s=round(result.median, 4), steps=turbo.num_inference_steps,
-                          stages={stage: round(value, 4) for stage, value in result.stages.items()},
-                          first_call_s=round(result.first_call_s, 2), recompiles=result.recompiles,
-                          graphs_compiled=result.graphs_compiled)
-
-
-def _stand_in():
-    from helpers.loading import load_pipeline
-
-    return load_pipeline("tiny")
+        if model == "large" and compiled and rung == max((name for name in rungs if speeds[name].compile),
+                                                         key=rungs.index, default=None):
+            turbo = get_model("large-turbo")
+            with recorder.case(f"Large Turbo's settings at {applied.describe()}", model="large-turbo") as record:
+                measured(record, "large-turbo", turbo.num_inference_steps, turbo.guidance_scale, 3, "Turbo")
 
 
 def _rss_bytes() -> int:

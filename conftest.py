@@ -68,7 +68,7 @@ def _poll_kernel_messages_in_short_waits() -> None:
 
 LONGEST_FIRST = ("notebooks/11_", "notebooks/10_", "notebooks/05_", "notebooks/04_", "notebooks/03_",
                  "tests/test_distributed.py", "notebooks/09_", "tests/test_training.py", "notebooks/08_",
-                 "tests/test_toy_model.py", "tests/test_gpu_check.py", "notebooks/")
+                 "tests/test_toy_model.py", "tests/test_speed.py", "tests/test_gpu_check.py", "notebooks/")
 """Files that take longest (seconds to minutes), in that order (a group of ONE_PROCESS by its first file): test
 processes side by side (`dev.py test`, one file at a time each) start them first, so that no process is left with a
 long file at the end while the others idle."""

@@ -38,6 +38,7 @@ from helpers.checks import (
     one_of,
     optional,
     pipeline,
+    sd3_transformer,
     side,
     text,
     whole,
@@ -344,13 +345,7 @@ def benchmark(
     )
 
 
-def _sd3_transformer(value: Any, name: str) -> Any:
-    if not hasattr(value, "transformer_blocks") or not hasattr(value, "set_attn_processor"):
-        raise ValueError(f"{name} must be an SD3 transformer (pipe.transformer), not {type(value).__name__}.")
-    return value
-
-
-@checked(transformer=_sd3_transformer)
+@checked(transformer=sd3_transformer)
 def fuse_qkv_projections(transformer) -> None:
     """Fuse the q, k and v projections of each block's joint attention into one matrix multiply per stream.
 
@@ -375,7 +370,7 @@ def fuse_qkv_projections(transformer) -> None:
         block.attn.set_processor(JointAttention(fused=True, query_chunk=chunk, kernel=kernel))
 
 
-@checked(transformer=_sd3_transformer)
+@checked(transformer=sd3_transformer)
 def unfuse_qkv_projections(transformer) -> None:
     """Undo `fuse_qkv_projections`: the original attention processors back, and the fused weights freed.
     (diffusers 0.42's `transformer.unfuse_qkv_projections()` restores the processors but keeps the fused layers,
@@ -539,19 +534,22 @@ def plot_results(results: list[BenchResult], labels: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     """Time SD3.5 text-to-image on this machine and print (or save) the results."""
+    from helpers.attention import KERNELS
+    from helpers.speed import CACHE_CHOICES, COMPILE_CHOICES
+
     parser = argparse.ArgumentParser(prog="python -m helpers.bench", description=main.__doc__)
     parser.add_argument("--model", default="tiny", choices=list(MODELS))
     parser.add_argument("--quantize", choices=["nf4"], help="store the transformer in NF4")
     parser.add_argument("--offload", choices=["model", "sequential", "group"], help="CPU offload (default: none)")
     parser.add_argument("--drop-t5", action="store_true", help="no T5 text encoder (text_encoder_3=None)")
-    parser.add_argument("--compile", nargs="?", const="regional", choices=["regional", "full"],
+    parser.add_argument("--compile", nargs="?", const="regional", choices=COMPILE_CHOICES[1:],
                         help="torch.compile the transformer: its repeated block (regional, the default) or all of it; "
                              "the compile time is reported apart")
     parser.add_argument("--compile-vae", action="store_true", help="compile the VAE decoder (channels-last)")
-    parser.add_argument("--attention-kernel", choices=["flash", "efficient", "cudnn", "math"],
+    parser.add_argument("--attention-kernel", choices=list(KERNELS),
                         help="PyTorch's attention kernel (default: PyTorch chooses; the one used is reported)")
     parser.add_argument("--fp8", action="store_true", help="FP8 linear layers (torchao; GPUs with FP8: L4, H100)")
-    parser.add_argument("--cache", choices=["pab"], help="reuse attention between steps (Pyramid Attention Broadcast)")
+    parser.add_argument("--cache", choices=CACHE_CHOICES[1:], help="reuse attention between steps (Pyramid Attention Broadcast)")
     parser.add_argument("--cache-every", type=int, default=2,
                         help="with --cache: attention computed every this many steps in its window (default 2)")
     parser.add_argument("--fuse-qkv", action="store_true", help="fuse the transformer's q, k, v projections")

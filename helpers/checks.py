@@ -335,6 +335,13 @@ def module(value: Any, name: str) -> Any:
     return value
 
 
+def sd3_transformer(value: Any, name: str) -> Any:
+    """An SD3 transformer (pipe.transformer)."""
+    if not hasattr(value, "transformer_blocks") or not hasattr(value, "set_attn_processor"):
+        raise ValueError(f"{name} must be an SD3 transformer (pipe.transformer), not {type(value).__name__}.")
+    return value
+
+
 def check_path(value: Any, name: str) -> Path:
     """A path given as text or a Path: not empty, no NUL character (which no file system accepts)."""
     if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):

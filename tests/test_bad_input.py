@@ -193,7 +193,7 @@ CLI_ATTACKS = [
     ("helpers.bench", ["--quantize", "nf4", "--fuse-qkv"], "--fuse-qkv cannot be used here: this route stores the transformer in NF4"),
     ("helpers.bench", ["--compile", "--offload", "group"], "compile with group offload"),
     ("helpers.bench", ["--fp8", "--quantize", "nf4"], "fp8=True with an NF4 transformer"),
-    ("helpers.bench", ["--cache", "pab", "--cache-every", "0"], "cache_every=0"),
+    ("helpers.bench", ["--cache", "pab", "--cache-every", "0"], "--cache-every=0"),
     ("helpers.memory", ["--gpu-gb", "nan"], "--gpu-gb nan"),
     ("helpers.memory", ["--gpu-gb", "inf"], "--gpu-gb inf"),
     ("helpers.memory", ["--gpu-gb", "0"], "--gpu-gb 0"),

@@ -57,7 +57,7 @@ def test_command_prints_a_row_and_writes_json(tmp_path, capsys):
         (["--quantize", "nf4", "--fuse-qkv"], "--fuse-qkv cannot be used here: this route stores the transformer in NF4"),
         (["--fuse-qkv", "--offload", "group"], "--fuse-qkv cannot be used here: group offload moves the separate"),
         (["--compile", "--offload", "model"], "cannot run: compile with model offload: the offload hooks"),
-        (["--compile", "--cache", "pab"], "compile with cache='pab': the cache's hooks keep Python state"),
+        (["--compile", "--cache", "pab"], "compile with cache='pab': the cache's hooks sit inside the compiled blocks"),
         (["--fp8"], "fp8=True on a CPU: FP8 needs a GPU with FP8 tensor cores"),
         (["--attention-kernel", "cudnn"], "attention_kernel='cudnn' on a CPU: PyTorch has only 'flash' and 'math'"),
         (["--cache", "pab", "--cache-every", "1"], "--cache-every=1 must be a whole number from 2"),

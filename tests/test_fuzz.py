@@ -327,6 +327,10 @@ MODULE_ENTRIES = [  # what the notebooks import from the modules themselves
     Entry("distributed.shown_command", _from("distributed", "shown_command"), lambda: {"command": ["a", "b c"]}),
     Entry("world.scene", _from("world", "scene"), lambda: {"seed": 3}),
     Entry("lora.variants_table", _from("lora", "variants_table"), lambda: {"record": _variants_file()}),
+    Entry("speed.attention_kernel_used", _from("speed", "attention_kernel_used"),
+          lambda: {"pipe": made("t2i"), "size": 64, "text_tokens": 16, "batch": 1}),
+    Entry("speed.attention_cached", _from("speed", "attention_cached"),
+          lambda: {"transformer": made("t2i").transformer, "every": 2}),
 ]
 NOT_FUZZED = {
     "distributed.RunningSweep": "starts processes: its door is checked, and tests/test_distributed.py runs it",
@@ -347,6 +351,7 @@ NOT_FUZZED = {
     "world.Scene": "a record the world draws; its own checks name the shape or colour",
     "loading.toy_model_dir": "takes no argument",
     "encoders.quiet_truncation_warnings": "takes no argument",
+    "speed.recorded_costs": "takes no argument",
 }
 ENTRIES += MODULE_ENTRIES
 BY_NAME = {entry.name: entry for entry in ENTRIES}

@@ -16,6 +16,7 @@ import json
 import math
 import numbers
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -401,7 +402,8 @@ def generate(
 
 EMBEDDINGS_KEPT = 8
 """Prompts whose embeddings `with_prompt_embeddings` keeps per pipeline (a few MB each at SD3.5's size)."""
-_embeddings: dict[int, tuple[Any, OrderedDict]] = {}
+_embeddings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Each pipeline's kept embeddings, dropped with the pipeline (they can be GPU tensors)."""
 
 
 def with_prompt_embeddings(pipe, arguments: dict[str, Any], fingerprint: str) -> dict[str, Any]:
@@ -411,8 +413,6 @@ def with_prompt_embeddings(pipe, arguments: dict[str, Any], fingerprint: str) ->
     that also spares T5's trip to the GPU. The pictures are the same to the bit: the embeddings come from the
     pipeline's own `encode_prompt`, with the settings its call would use. `fingerprint` (the pipeline's, from
     `pipeline_fingerprint`) keeps embeddings of changed weights (a LoRA loaded) apart."""
-    import weakref
-
     import torch
 
     guided = arguments["guidance_scale"] > 1
@@ -420,10 +420,7 @@ def with_prompt_embeddings(pipe, arguments: dict[str, Any], fingerprint: str) ->
     length = arguments.get("max_sequence_length", 256)  # the SD3 pipelines' default
     key = (fingerprint, arguments["prompt"], arguments.get("negative_prompt"), guided, length, scale,
            str(pipe._execution_device))
-    held = _embeddings.get(id(pipe))
-    if held is None or held[0]() is not pipe:
-        held = _embeddings[id(pipe)] = (weakref.ref(pipe), OrderedDict())
-    kept = held[1]
+    kept = _embeddings.setdefault(pipe, OrderedDict())
     if key not in kept:
         with torch.no_grad():  # as inside the pipeline's call
             kept[key] = pipe.encode_prompt(

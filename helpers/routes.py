@@ -11,6 +11,7 @@ streams) is planned and reported, not run.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -492,17 +493,18 @@ def _random_weights(route: Route):
     )
 
 
-_routes = {}
+_routes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""The route of each pipeline load_pipeline handed out, for as long as the pipeline lives."""
 
 
 def remember(pipe, route: Route) -> None:
     """Record the route `pipe` was loaded with (`route_of` reads it)."""
-    import weakref
-
-    _routes[id(pipe)] = (weakref.ref(pipe), route)
+    _routes[pipe] = route
 
 
 def route_of(pipe) -> Route | None:
     """The route a pipeline from load_pipeline was loaded with (None: not loaded by the helpers)."""
-    found = _routes.get(id(pipe))
-    return found[1] if found and found[0]() is pipe else None
+    try:
+        return _routes.get(pipe)
+    except TypeError:  # an object that cannot be weakly referenced or hashed: not a pipeline of ours
+        return None

@@ -201,13 +201,13 @@ class SpeedReport:
     """Attention layers given the cache's hook."""
 
 
-_reports: dict[int, tuple[weakref.ref, SpeedReport]] = {}
+_reports: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""What speed_up applied to each pipeline, for as long as the pipeline lives."""
 
 
 def speed_report(pipe) -> SpeedReport | None:
     """What `speed_up` applied to `pipe` (None: nothing)."""
-    found = _reports.get(id(pipe))
-    return found[1] if found and found[0]() is pipe else None
+    return _reports.get(pipe)
 
 
 @checked(pipe=pipeline, speed=speedups_rule, run_everything=flag)
@@ -242,7 +242,7 @@ def speed_up(pipe, speed: Speedups, *, run_everything: bool = True) -> SpeedRepo
         # be part of a full graph
         decoder.forward = torch.compile(decoder.forward, fullgraph=True, dynamic=False)
         report.applied.append("VAE decoder channels-last, compiled")
-    _reports[id(pipe)] = (weakref.ref(pipe), report)
+    _reports[pipe] = report
     return report
 
 

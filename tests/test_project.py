@@ -207,6 +207,31 @@ def test_setup_says_what_to_install_where_python_cannot_make_environments(monkey
     assert "Setup cannot go on:" in capsys.readouterr().out
 
 
+def test_setup_installs_with_uv_and_falls_back_to_pip_where_uv_cannot(tmp_path, monkeypatch, capsys):
+    """uv keeps the pinned torch (a constraint), and a machine where uv fails to install still gets everything."""
+    import subprocess
+
+    dev = load_dev()
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    commands = []
+
+    def run(*command, cwd=dev.ROOT):
+        commands.append([str(part) for part in command])
+        if Path(command[0]).name == "uv":
+            raise subprocess.CalledProcessError(2, [str(part) for part in command])
+
+    monkeypatch.setattr(dev, "run", run)
+    pip = [str(python), "-m", "pip", "install"]
+    dev.install_project(pip, python)
+    uv, fallback = commands[1], commands[2]
+    assert commands[0] == [*pip, "--quiet", "uv"]
+    pinned = Path(uv[uv.index("--constraint") + 1])
+    assert pinned.read_text().strip() == "torch==2.13.0" and uv[-2:] == ["-e", ".[lab,dev]"]
+    assert "--compile-bytecode" in uv and fallback == [*pip, "-e", ".[lab,dev]"]
+    assert "installing with pip instead" in capsys.readouterr().out
+
+
 def test_a_half_made_environment_is_completed_in_place(tmp_path):
     import venv
 

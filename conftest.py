@@ -7,8 +7,10 @@ Set here, in the environment, so notebook kernels started by nbmake inherit the 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,8 +27,10 @@ INSTALLED_KERNEL = "sd35-installed"
 
 def pytest_configure(config) -> None:
     scratch = tempfile.mkdtemp(prefix="sd35-tests-")
+    config._sd35_scratch = scratch  # removed when the session ends (pytest_unconfigure)
     controller = getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")  # xdist's
-    if getattr(config.option, "nbmake", False) and not getattr(config.option, "nbmake_kernel", None) and not controller:
+    runs_notebooks = getattr(config.option, "nbmake", False) and not config.option.collectonly
+    if runs_notebooks and not getattr(config.option, "nbmake_kernel", None) and not controller:
         config.option.nbmake_kernel = _installed_helpers_kernel(Path(scratch))
     os.environ["SD35_MODEL"] = "toy"
     os.environ["SD35_CACHE_DIR"] = os.path.join(scratch, "cache")
@@ -37,6 +41,10 @@ def pytest_configure(config) -> None:
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
         os.environ.pop(name, None)
     _poll_kernel_messages_in_short_waits()
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(getattr(config, "_sd35_scratch", ""), ignore_errors=True)
 
 
 def _poll_kernel_messages_in_short_waits() -> None:
@@ -212,26 +220,37 @@ EXPLAINED_STDERR: dict[str, str] = {}
 notebook's test: a reader should never see red text they did not cause."""
 
 
-def install_wheel(scratch: Path) -> Path:
-    """The helpers as `pip install git+...` leaves them: a built wheel, installed into scratch/installed."""
+_installed: tuple[Path, Path] | None = None
+
+
+def installed_wheel() -> tuple[Path, Path]:
+    """The helpers as `pip install git+...` leaves them: (the built wheel, the folder it is installed into). Built
+    once per test process (about 7 s): the notebooks' kernel, tests/test_colab.py and tests/test_project.py share it."""
     import fcntl
 
-    wheels, site = scratch / "wheel", scratch / "installed"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    (ROOT / "build").mkdir(exist_ok=True)
-    # setuptools builds in the repository (build/, *.egg-info): test processes running side by side take turns
-    with open(ROOT / "build" / ".wheel-lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)], check=True, capture_output=True)
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), *map(str, wheels.glob("*.whl"))],
-                   check=True, capture_output=True)
-    return site
+    global _installed
+    if _installed is None:
+        scratch = Path(tempfile.mkdtemp(prefix="sd35-wheel-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        wheels, site = scratch / "wheel", scratch / "installed"
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+        (ROOT / "build").mkdir(exist_ok=True)
+        # setuptools builds in the repository (build/, *.egg-info): test processes running side by side take turns
+        with open(ROOT / "build" / ".wheel-lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)], check=True,
+                           capture_output=True)
+        (wheel,) = wheels.glob("*.whl")
+        subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)], check=True,
+                       capture_output=True)
+        _installed = (wheel, site)
+    return _installed
 
 
 def _installed_helpers_kernel(scratch: Path) -> str:
     """A Jupyter kernel that imports the helpers as Colab gets them: built into a wheel and installed, not editable,
     with no repository beside them. Notebooks run in it, so anything the package fails to ship fails the tests."""
-    site, kernels = install_wheel(scratch), scratch / "jupyter" / "kernels"
+    site, kernels = installed_wheel()[1], scratch / "jupyter" / "kernels"
     (kernels / INSTALLED_KERNEL).mkdir(parents=True)
     startup = scratch / "ipython" / "profile_default" / "startup"
     startup.mkdir(parents=True)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import install_wheel
+from conftest import installed_wheel
 from helpers.inputs import DRAWINGS
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    return install_wheel(tmp_path_factory.mktemp("colab"))
+def installed() -> Path:
+    return installed_wheel()[1]
 
 
 def run_installed(code: str, site: Path, folder: Path) -> subprocess.CompletedProcess:

@@ -92,8 +92,8 @@ def made(name: str) -> Any:
 
 
 def scratch() -> Path:
-    """A fresh folder for outputs of one call."""
-    return Path(tempfile.mkdtemp(prefix="sd35-fuzz-"))
+    """A fresh folder for outputs of one call, inside the session's scratch folder (conftest.py removes it)."""
+    return Path(tempfile.mkdtemp(prefix="fuzz-", dir=Path(os.environ["SD35_OUTPUT_DIR"]).parent))
 
 
 def saved_picture() -> Path:

@@ -281,15 +281,11 @@ def test_strip_removes_outputs(tmp_path):
     assert dev.strip_outputs([notebook]) == []  # already clean: nothing rewritten
 
 
-def test_the_built_wheel_carries_the_toy_model(tmp_path):
+def test_the_built_wheel_carries_the_toy_model():
     """A pip install (Colab's route) must find the trained model inside the package, weights and record."""
-    import subprocess
-    import sys
     import zipfile
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "--disable-pip-version-check",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
-    names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
+    names = set(zipfile.ZipFile(conftest.installed_wheel()[0]).namelist())
     shipped = {path.relative_to(ROOT).as_posix() for path in (ROOT / "helpers" / "toy_model").rglob("*")
                if path.is_file()}
     assert "helpers/toy_model/transformer/diffusion_pytorch_model.safetensors" in shipped

@@ -1,8 +1,9 @@
 """The sliders as a reader meets them: a real JupyterLab, driven in headless Chromium.
 
 JupyterLab starts on loopback with a token, throwaway settings and a copy of the notebooks (so nothing is saved into
-the repository). Chromium (Debian's, at /usr/bin/chromium) runs every cell of a notebook on the offline toy model, moves
-a slider, presses Generate, and the test checks that the picture and its settings changed. Screenshots are saved in
+the repository). Chromium (Debian's, at /usr/bin/chromium) runs a notebook's cells on the offline toy model from the
+top down to its explorer, as a reader reaching the slider has (nbmake runs every cell), moves a slider, presses
+Generate, and the test checks that the picture and its settings changed. Screenshots are saved in
 the test's temporary folder. Without Chromium or Playwright the tests are skipped, unless SD35_REQUIRE_BROWSER=1
 (as in CI), where they fail instead.
 """
@@ -104,15 +105,30 @@ IMAGE_DIGEST = """async (element) => {
 }"""
 
 
-def open_and_run_all(browser, lab, notebook: str):
-    """Open `notebook` in JupyterLab, run all its cells, and wait until the last explorer is drawn."""
+def explorer_cell(notebook: str) -> int:
+    """The index of the notebook's last cell that makes an explorer."""
+    import json
+
+    cells = json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
+    return max(index for index, cell in enumerate(cells)
+               if cell["cell_type"] == "code" and "Explorer(" in "".join(cell["source"]))
+
+
+def open_and_run_to_explorer(browser, lab, notebook: str):
+    """Open `notebook` in JupyterLab, run its cells from the top down to its last explorer, as a reader reaching the
+    slider has, and wait until the explorer is drawn."""
     base, token = lab
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     page.goto(f"{base}/lab/tree/{notebook}?reset&token={token}")  # reset: no tabs restored from earlier tests
     kernel = "window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel"
     page.wait_for_function(f"() => window.jupyterapp?.shell.currentWidget?.context?.path === {notebook!r}"
                            f" && {kernel}?.status === 'idle'", timeout=90_000)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # the cells above the explorer's, then its own once they have run (the waits below hold the time limits)
+    page.evaluate(f"""() => {{
+        const app = window.jupyterapp;
+        app.shell.currentWidget.content.activeCellIndex = {explorer_cell(notebook)};
+        app.commands.execute('notebook:run-all-above').then(() => app.commands.execute('notebook:run-cell'));
+    }}""")
     explorer = page.locator(".widget-hbox:has(.widget-image):has(button:has-text('Generate'))").last
     explorer.locator(".widget-image").wait_for(timeout=RUN_ALL_TIMEOUT_MS)
     page.wait_for_function(f"() => {kernel}?.status === 'idle'", timeout=RUN_ALL_TIMEOUT_MS)
@@ -163,7 +179,7 @@ def test_moving_a_slider_and_generating_changes_the_picture(browser, lab, tmp_pa
                                                             before, after):
     from playwright.sync_api import expect
 
-    page, explorer = open_and_run_all(browser, lab, notebook)
+    page, explorer = open_and_run_to_explorer(browser, lab, notebook)
     # waits for the text: an explorer far down a long notebook (11) is drawn a moment after it is scrolled to
     expect(explorer.locator(".widget-html")).to_contain_text(before, timeout=30_000)
     move_slider(explorer, slider, presses)

@@ -7,7 +7,8 @@ from helpers.gpu_check import CHECKS, main
 
 
 def test_runs_the_stand_in_checks_and_reports_the_rest_as_skipped(tmp_path, capsys):
-    assert main(["--budget-s", "120", "--out", str(tmp_path), "--only", "stand-in-loading", "medium"]) == 0
+    # far above the check's 40 s: a test process beside a busy one must not be stopped by the budget part-way
+    assert main(["--budget-s", "900", "--out", str(tmp_path), "--only", "stand-in-loading", "medium"]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["environment"]["cuda"] is False and report["environment"]["versions"]["diffusers"]
     checks = {check["check"]: check for check in report["checks"]}

@@ -620,7 +620,7 @@ RUNNERS: dict[str, Callable[[Recorder], None]] = {
     "bench-options": check_bench_options,
     "ladder-large": lambda recorder: check_speed_ladder(recorder, "large"),
     "ladder-medium": lambda recorder: check_speed_ladder(recorder, "medium"),
-    "low-memory-large": lambda recorder: check_low_memory(recorder),
+    "low-memory-large": check_low_memory,
     "t4-vae-decode": check_t4_vae_decode,
     "fp16": check_fp16,
     "lora-training": check_lora_training,

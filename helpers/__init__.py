@@ -11,15 +11,14 @@ import importlib
 import logging
 from typing import Any
 
-
 BITSANDBYTES_HUB_KERNEL_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
-"""The start of a warning's format string in bitsandbytes' CPU backend (`backends/cpu/ops.py`, 0.48 to 0.50).
+"""The start of a warning's format string in bitsandbytes' CPU backend (`backends/cpu/ops.py`, read in 0.50.2).
 
 On CPUs with AVX512-BF16, importing bitsandbytes asks the optional `kernels` package for a faster 4-bit matrix
 product hosted on the Hugging Face hub. When that fails for any reason (`kernels` absent, the hub offline, the
 repository not on `kernels`' trusted list) bitsandbytes logs this warning and uses the kernel compiled into its own
 library, which computes the same product. The series needs nothing from the hub's kernel, and the warning's text
-ends in advice to set `trust_remote_code`, which a reader should never follow for us. So the record is dropped by
+ends in advice to trust remote code, which a reader should never follow for us. So the record is dropped by
 its logger and its constant format string (`record.msg`), never by the reason filled into it, which changes with
 the versions installed and the network. tests/test_notices.py forces this branch on any CPU."""
 

@@ -207,8 +207,10 @@ def test_setup_says_what_to_install_where_python_cannot_make_environments(monkey
     assert "Setup cannot go on:" in capsys.readouterr().out
 
 
-def test_setup_installs_with_uv_and_falls_back_to_pip_where_uv_cannot(tmp_path, monkeypatch, capsys):
-    """uv keeps the pinned torch (a constraint), and a machine where uv fails to install still gets everything."""
+def test_setup_installs_the_locked_versions_with_uv_and_falls_back_to_pip_where_uv_cannot(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """uv keeps the pinned torch (a constraint) and every locked version; a machine where uv fails to install still
+    gets the same versions from pip; `--latest` asks both for the newest instead."""
     import subprocess
 
     dev = load_dev()
@@ -228,21 +230,125 @@ def test_setup_installs_with_uv_and_falls_back_to_pip_where_uv_cannot(tmp_path, 
     assert commands[0] == [*pip, "--quiet", "uv"]
     pinned = Path(uv[uv.index("--constraint") + 1])
     assert pinned.read_text().strip() == "torch==2.13.0" and uv[-2:] == ["-e", ".[lab,dev]"]
-    assert "--compile-bytecode" in uv and fallback == [*pip, "-e", ".[lab,dev]"]
+    locked = ["--constraint", str(dev.LOCK)]
+    assert "--compile-bytecode" in uv and " ".join(locked) in " ".join(uv)
+    assert fallback == [*pip, "--constraint", str(pinned), *locked, "-e", ".[lab,dev]"]
     assert "installing with pip instead" in capsys.readouterr().out
+    commands.clear()
+    dev.install_project(pip, python, lock=None)
+    assert str(dev.LOCK) not in " ".join(commands[1]) and "--upgrade" in commands[1] and "--upgrade" in commands[2]
 
 
-def test_a_half_made_environment_is_completed_in_place(tmp_path):
+def test_this_environment_has_exactly_the_locked_versions():
+    """What `dev.py` installed (a fresh clone's CI included) is what requirements-lock.txt says, package by package."""
+    import importlib.metadata
+    import re
+
+    dev = load_dev()
+    from packaging.markers import Marker
+
+    normal = {}  # the lock is for every platform: a line's marker says where it applies
+    for name, version, marker in re.findall(r"^([A-Za-z0-9_.-]+)==([^ ;\\\n]+)(?: ; ([^\\\n]+?))?\s*\\?$",
+                                            dev.LOCK.read_text(), re.MULTILINE):
+        if not marker or Marker(marker).evaluate():
+            normal[re.sub(r"[-_.]+", "-", name).lower()] = version
+    assert {"diffusers", "transformers", "bitsandbytes", "accelerate", "peft", "nbmake"} <= set(normal)
+    installed = {re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower(): dist.version
+                 for dist in importlib.metadata.distributions()}
+    differ = {name: (installed[name], version) for name, version in normal.items()
+              if name in installed and installed[name] != version}
+    assert not differ, f"installed against locked: {differ}; run `python3 dev.py test` to set up again"
+    assert "torch" not in normal  # torch is dev.py's own pin, its wheel differing by machine
+
+
+def test_torch_comes_from_the_disk_or_the_cpu_index_where_there_is_no_nvidia_gpu():
+    dev = load_dev()
+    assert dev.torch_source(on_disk=True, gpu=False, platform="linux") == [dev.TORCH]
+    assert dev.torch_source(on_disk=False, gpu=False, platform="linux") == ["--index-url", dev.CPU_TORCH_INDEX,
+                                                                            dev.TORCH]
+    assert dev.torch_source(on_disk=False, gpu=True, platform="linux") == [dev.TORCH]
+    assert dev.torch_source(on_disk=False, gpu=False, platform="darwin") == [dev.TORCH]
+
+
+def test_a_half_made_environment_of_ours_is_completed_in_place(tmp_path):
     import venv
 
     dev = load_dev()
     folder = tmp_path / "venv"
     venv.create(folder, with_pip=False)  # what an earlier setup leaves when ensurepip fails
+    (folder / dev.MARKER).write_text("")
     (folder / "mine.txt").write_text("kept")
     python = folder / "bin" / "python"
     assert not dev.has_pip(python)
     dev.ensure_venv(folder)
     assert dev.has_pip(python) and (folder / "mine.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize("kind", ["another tool's, its python a link", "a link to a folder", "our marker, a linked python"])
+def test_an_environment_dev_py_did_not_make_is_refused_and_nothing_outside_changes(tmp_path, kind):
+    """`uv venv .venv` or `python3.X -m venv --without-pip .venv` leave bin/python a link to another interpreter;
+    completing such a folder would write this Python's launcher through the link onto the other one."""
+    dev = load_dev()
+    decoy = tmp_path / "elsewhere" / "bin" / "python3.99"
+    decoy.parent.mkdir(parents=True)
+    decoy.write_bytes(b"#!/bin/sh\necho decoy interpreter\n")
+    folder = tmp_path / "clone" / ".venv"
+    if kind == "a link to a folder":
+        folder.parent.mkdir()
+        folder.symlink_to(decoy.parent.parent, target_is_directory=True)
+    else:
+        (folder / "bin").mkdir(parents=True)
+        (folder / "bin" / "python").symlink_to(decoy)
+        (folder / "pyvenv.cfg").write_text("home = elsewhere\n")
+        if kind == "our marker, a linked python":
+            (folder / dev.MARKER).write_text("")
+    before = sorted((path, path.read_bytes()) for path in tmp_path.rglob("*") if path.is_file())
+    with pytest.raises(dev.SetupError, match=rf"Move it aside .*: mv {folder} {folder}\.other"):
+        dev.ensure_venv(folder)
+    assert sorted((path, path.read_bytes()) for path in tmp_path.rglob("*") if path.is_file()) == before
+
+
+def test_a_clone_that_cannot_be_written_gets_a_clear_message(tmp_path, capsys):
+    """Where .venv cannot be made (a read-only clone; here its parent is a file, which stops root too): a sentence
+    that says what to do, not a raw OSError."""
+    dev = load_dev()
+    (tmp_path / "clone").write_text("not a folder")
+    with pytest.raises(dev.SetupError, match="Clone the series into a folder you can write to"):
+        dev.ensure_venv(tmp_path / "clone" / ".venv")
+    assert dev.with_setup(lambda: (tmp_path / "clone" / "x").write_text(""), "Setup") == (None, 1)
+    assert "Setup cannot write" in capsys.readouterr().out
+
+
+def test_lab_takes_a_free_port_names_it_in_the_stop_command_and_stops_on_the_first_ctrl_c(monkeypatch, capsys):
+    import socket
+    import subprocess
+
+    dev = load_dev()
+    started = []
+
+    class Lab:  # stands for the Lab process: the reader's Ctrl-C reaches dev.py too, while Lab stops
+        def __init__(self, command, **_):
+            started.append(command)
+            self.waits = 0
+
+        def wait(self):
+            self.waits += 1
+            if self.waits == 1:
+                raise KeyboardInterrupt
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Lab)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        first_free = dev.free_port
+        monkeypatch.setattr(dev, "free_port", lambda: first_free(port))  # from the taken port on, not 8888
+        assert dev.run_lab(["--no-browser"]) == 0  # no traceback from the first Ctrl-C
+    (command,) = started
+    took = int(next(part for part in command if part.startswith("--ServerApp.port=")).split("=")[1])
+    assert took != port and "--ServerApp.port_retries=0" in command and "--ServerApp.answer_yes=True" in command
+    assert f"server stop {took}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("module", ["helpers.bench", "helpers.memory", "helpers.architecture", "helpers.gpu_check",

@@ -633,6 +633,7 @@ def train(out: str | Path, recipe: Recipe = Recipe(), *, work: str | Path | None
 
     staging = out.with_name(f".{out.name}.partial")
     pipe.to(getattr(torch, save_dtype)).save_pretrained(staging, safe_serialization=True)
+    load_text_encoders_in_float32(staging)
     summary = {
         "code_version": code_version(),
         "recipe": asdict(recipe),
@@ -662,6 +663,22 @@ def train(out: str | Path, recipe: Recipe = Recipe(), *, work: str | Path | None
         shutil.rmtree(out)
     os.replace(staging, out)
     return out
+
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def load_text_encoders_in_float32(folder: Path) -> None:
+    """Let the plain call, `StableDiffusion3Pipeline.from_pretrained(folder)` with no dtype, run. Given no dtype,
+    transformers 5 loads a text encoder in the dtype its config names (`save_pretrained` writes the weights' own,
+    float16 here) while diffusers loads the transformer and the VAE in float32: the first picture then stops with
+    "Input type (c10::Half) and bias type (float) should be the same". Naming float32 in the encoders' configs
+    loads every part in float32, the toy's dtype on a CPU; the weights on disk keep `saved_dtype`."""
+    for name in TEXT_ENCODERS:
+        path = folder / name / "config.json"
+        config = json.loads(path.read_text())
+        config["dtype"] = "float32"
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _tail_mean(values: list[float], count: int = 100) -> float | None:

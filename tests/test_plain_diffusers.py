@@ -121,3 +121,18 @@ def test_from_pipe_in_notebooks_06_and_07_gives_load_pipelines_pixels(machine, n
     del pipe, found
     gc.collect()  # the text-to-image pipeline gone, load_pipeline loads the task's class with from_pretrained
     assert np.array_equal(plain, picture(load_pipeline(run.model, task=task), **task_arguments))
+
+
+def test_the_toy_runs_with_the_plain_call_from_diffusers_docs():
+    """`from_pretrained(folder)` with no dtype, then `pipe(prompt)`, as diffusers' docs write it: every part loads
+    in float32 and the picture comes out (before, the text encoders loaded in their stored float16 and the first
+    step stopped on a float16 input against a float32 bias)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from helpers.loading import toy_model_dir
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(toy_model_dir())
+    parts = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+    assert {getattr(pipe, part).dtype for part in parts} == {torch.float32}
+    image = pipe("a red circle on a blue background", num_inference_steps=2, height=64, width=64).images[0]
+    assert image.size == (64, 64) and np.asarray(image).std() > 0

@@ -30,6 +30,9 @@ def test_a_short_run_saves_a_pipeline_with_its_recipe(short_run):
     assert summary["recipe"]["seed"] == SHORT.seed and summary["code_version"] == training.code_version()
     assert summary["t5_max_length"] == training.T5_MAX_LENGTH
     assert all(tensor.dtype == torch.float16 for tensor in weights(short_run).values())
+    # ... and every part loads in float32 by the plain call (tests/test_plain_diffusers.py runs it on the shipped toy)
+    assert {json.loads((short_run / name / "config.json").read_text())["dtype"] for name in training.TEXT_ENCODERS} \
+        == {"float32"}
     vae = json.loads((short_run / "vae" / "config.json").read_text())
     assert vae["scaling_factor"] == summary["latent_scale"] and vae["shift_factor"] == summary["latent_shift"]
 

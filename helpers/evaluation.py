@@ -102,6 +102,11 @@ def generate_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_
     return pictures
 
 
+def ones(flags: Sequence[bool]) -> list[int]:
+    """1 for each True, 0 for each False: counts paired_change can compare seed by seed."""
+    return [int(bool(flag)) for flag in flags]
+
+
 def share(flags: Sequence[bool]) -> float:
     """The share of True values, 0 to 1."""
     if not flags:
@@ -129,6 +134,10 @@ class Adherence:
     everything: float
     count: int
     readings: list[world.Reading] = field(repr=False, default_factory=list)
+    followed: list[int] = field(repr=False, default_factory=list)
+    """Picture by picture, 1 where all three attributes were followed, else 0 (pair two runs with paired_change)."""
+    shapes: list[int] = field(repr=False, default_factory=list)
+    """Picture by picture, 1 where the shape was followed."""
 
 
 @checked(pipe=pipeline, scenes=listed(SCENE), settings=batch_settings)
@@ -147,9 +156,9 @@ def judged(pictures: Sequence[Image.Image], scenes: Sequence[world.Scene]) -> Ad
     colour = [reading.colour == item.colour for reading, item in zip(readings, scenes, strict=True)]
     shape = [reading.shape == item.shape for reading, item in zip(readings, scenes, strict=True)]
     background = [reading.background == item.background for reading, item in zip(readings, scenes, strict=True)]
-    return Adherence(share(colour), share(shape), share(background),
-                     share([all(flags) for flags in zip(colour, shape, background, strict=True)]), len(scenes),
-                     readings)
+    followed = [all(flags) for flags in zip(colour, shape, background, strict=True)]
+    return Adherence(share(colour), share(shape), share(background), share(followed), len(scenes), readings,
+                     ones(followed), ones(shape))
 
 
 @dataclass
@@ -159,6 +168,10 @@ class NegativeEffect:
     without: float
     with_negative: float
     count: int
+    named_without: list[int] = field(repr=False, default_factory=list)
+    """Picture by picture (same seeds), 1 where the named colour came out without the negative prompt ..."""
+    named_with: list[int] = field(repr=False, default_factory=list)
+    """... and with it."""
 
 
 @checked(pipe=pipeline, count=whole(1, 10_000), settings=batch_settings)
@@ -177,11 +190,9 @@ def negative_colour_effect(pipe, count: int, **settings: Any) -> NegativeEffect:
     seeds = range(count)
     plain = generate_batch(pipe, prompts, seeds, **settings)
     pushed = generate_batch(pipe, prompts, seeds, negative_prompt=negatives, **settings)
-    return NegativeEffect(
-        share([world.judge(picture).colour == colour for picture, colour in zip(plain, named, strict=True)]),
-        share([world.judge(picture).colour == colour for picture, colour in zip(pushed, named, strict=True)]),
-        count,
-    )
+    without = [world.judge(picture).colour == colour for picture, colour in zip(plain, named, strict=True)]
+    with_negative = [world.judge(picture).colour == colour for picture, colour in zip(pushed, named, strict=True)]
+    return NegativeEffect(share(without), share(with_negative), count, ones(without), ones(with_negative))
 
 
 IMAGE_TO_IMAGE_STRENGTHS = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
@@ -206,6 +217,12 @@ class StrengthPoint:
     """Share of pictures whose shape and colour are the prompt's."""
     distance: float
     """Mean pixel difference from the input (0 to 255)."""
+    kept: list[int] = field(repr=False, default_factory=list)
+    """Picture by picture (the same seeds at every strength), 1 where the input's shape and colour were kept ..."""
+    took: list[int] = field(repr=False, default_factory=list)
+    """... the prompt's taken ..."""
+    distances: list[float] = field(repr=False, default_factory=list)
+    """... and the mean pixel difference from the input."""
 
 
 @checked(pipe=pipeline, count=whole(1, 10_000), strengths=listed(check_strength), settings=batch_settings)
@@ -221,12 +238,11 @@ def image_to_image_curve(pipe, count: int, strengths: Sequence[float], **setting
         pictures = generate_batch(pipe, [item.caption for item in targets], range(count), image=list(images),
                                   strength=strength, **settings)
         readings = [world.judge(picture) for picture in pictures]
-        points.append(StrengthPoint(
-            strength,
-            share([r.follows(item.colour, item.shape) for r, item in zip(readings, inputs, strict=True)]),
-            share([r.follows(item.colour, item.shape) for r, item in zip(readings, targets, strict=True)]),
-            float(np.mean([mean_difference(a, b) for a, b in zip(pictures, images, strict=True)])),
-        ))
+        kept = [r.follows(item.colour, item.shape) for r, item in zip(readings, inputs, strict=True)]
+        took = [r.follows(item.colour, item.shape) for r, item in zip(readings, targets, strict=True)]
+        distances = [mean_difference(a, b) for a, b in zip(pictures, images, strict=True)]
+        points.append(StrengthPoint(strength, share(kept), share(took), float(np.mean(distances)), ones(kept),
+                                    ones(took), distances))
     return points
 
 
@@ -269,6 +285,10 @@ class InpaintingResult:
     """The same for the VAE's round trip alone: the least any SD3 pipeline can change a picture."""
     inside: float
     count: int
+    insides: list[float] = field(repr=False, default_factory=list)
+    """Picture by picture: the mean pixel difference inside the mask ..."""
+    outsides: list[float] = field(repr=False, default_factory=list)
+    """... and outside it."""
 
 
 @checked(pipe=pipeline, count=whole(1, 10_000), settings=batch_settings)
@@ -293,7 +313,7 @@ def inpainting_check(pipe, count: int, **settings: Any) -> InpaintingResult:
         vae_outside.append(region_difference(vae_round_trip(pipe, image), image, mask)["outside"])
     colour = [world.judge(picture).colour == item.colour for picture, item in zip(pictures, targets, strict=True)]
     return InpaintingResult(share(colour), float(np.mean(outside)), float(np.mean(vae_outside)),
-                            float(np.mean(inside)), count)
+                            float(np.mean(inside)), count, inside, outside)
 
 
 # --- The full evaluation, as recorded in benchmarks/RESULTS.md ----------------------------------------------------

@@ -33,6 +33,45 @@ NO_GPU_BANNER = (
 )
 T = TypeVar("T")
 REPORTED_PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "accelerate")
+CHECKED_IN_MEMORY = (*REPORTED_PACKAGES, "peft", "bitsandbytes", "safetensors", "tokenizers", "numpy")
+"""Packages whose version in memory must be the one installed (see `check_restart_not_needed`)."""
+RESTART = ("Restart the runtime (Colab: Runtime → Restart session; Jupyter and SageMaker: Kernel → Restart Kernel), "
+           "then run the notebook again from the top: what was installed stays installed.")
+
+
+class RestartNeededError(RuntimeError):
+    """A package in memory is not the one installed: only a restart of the Python process loads the new one."""
+
+
+def stale_imports(modules: dict | None = None) -> dict[str, tuple[str, str]]:
+    """{package: (version in memory, version installed)} for each of CHECKED_IN_MEMORY imported at one version while
+    another is installed, as when a cell imported diffusers before the install cell upgraded it."""
+    import sys
+
+    modules = sys.modules if modules is None else modules
+    stale = {}
+    for name in CHECKED_IN_MEMORY:
+        module = modules.get(name)
+        in_memory = getattr(module, "__version__", None)
+        if module is None or not isinstance(in_memory, str):
+            continue
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue  # not installed as a distribution: nothing to compare with
+        if installed != in_memory:
+            stale[name] = (in_memory, installed)
+    return stale
+
+
+def check_restart_not_needed(modules: dict | None = None) -> None:
+    """Raise RestartNeededError, naming each package and the restart's menu path, where a package in memory is older
+    or newer than the one installed: Python keeps the first version it imported until the process restarts."""
+    stale = stale_imports(modules)
+    if stale:
+        found = "; ".join(f"{name} {old} is in memory but {new} is installed" for name, (old, new) in stale.items())
+        raise RestartNeededError(f"{found}. A cell imported it before the install cell changed it, and Python keeps "
+                                 f"the version it imported first. {RESTART}")
 
 
 @dataclass(frozen=True)
@@ -226,6 +265,7 @@ def setup(about: str | Sequence[str] = "large", *, seed: int = 0, verbose: bool 
     GPU runs those that fit its memory, and a machine without one runs the offline toy model. Any other
     SD35_MODEL value runs that model everywhere. A bad value raises before anything loads.
     """
+    check_restart_not_needed()  # before anything else is imported or decided
     import numpy
     import torch
 

@@ -27,6 +27,24 @@ def test_setup_on_this_machine_runs_the_toy_model(capsys):
     assert run.pick(sd35="elves", toy="a red circle") == "a red circle"
 
 
+def test_setup_asks_for_a_restart_when_a_package_in_memory_is_not_the_one_installed():
+    """As on Colab when a cell imported diffusers before the install cell upgraded it: the module in memory says
+    0.39.0, the installed distribution says otherwise. setup() stops before any work, naming both and the menu path."""
+    import types
+    from importlib import metadata
+
+    from helpers.session import RestartNeededError, check_restart_not_needed, stale_imports
+
+    old = types.ModuleType("diffusers")
+    old.__version__ = "0.39.0"
+    installed = metadata.version("diffusers")
+    assert stale_imports({"diffusers": old}) == {"diffusers": ("0.39.0", installed)}
+    with pytest.raises(RestartNeededError, match=rf"diffusers 0\.39\.0 is in memory but {installed} is installed.*"
+                                                 r"Colab: Runtime → Restart session"):
+        check_restart_not_needed({"diffusers": old, "torch": torch})
+    check_restart_not_needed()  # this process: every package in memory is the installed one
+
+
 def test_setup_never_shows_the_token(monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", "hf_SecretValueThatMustNotPrint")
     run = setup(about="large")

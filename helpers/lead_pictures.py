@@ -241,6 +241,25 @@ def main(argv: list[str] | None = None) -> None:
     for number in chosen:
         save_figure(PICTURES[number][1](), paths[number], MAKER, dpi=110)
         print(f"notebook {number}: saved {paths[number]}")
+        notebook = attach(number, paths[number])
+        if notebook:
+            print(f"notebook {number}: attached to {notebook.name}'s first cell")
+
+
+def attach(number: str, picture: Path) -> Path | None:
+    """Put `picture` into notebook `number`'s first cell as its attachment (the notebook then shows it when opened
+    alone, as Colab opens it); None where no notebook of that number is beside images/ (an installed package)."""
+    import base64
+    import json
+
+    found = sorted((IMAGES.parent / "notebooks").glob(f"{number}_*.ipynb"))
+    if len(found) != 1:
+        return None
+    notebook = json.loads(found[0].read_text(encoding="utf-8"))
+    cell = notebook["cells"][0]
+    cell.setdefault("attachments", {})[picture.name] = {"image/png": base64.b64encode(picture.read_bytes()).decode()}
+    found[0].write_text(json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return found[0]
 
 
 if __name__ == "__main__":

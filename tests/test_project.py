@@ -15,6 +15,8 @@ import conftest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 README = (ROOT / "README.md").read_text()
+GITHUB = "https://github.com/sd35-notebooks/sd35-notebooks"
+COLAB = "https://colab.research.google.com/github/sd35-notebooks/sd35-notebooks/blob/main/notebooks/"
 TEST_COMMAND = "python3 dev.py test"
 
 
@@ -121,19 +123,47 @@ def test_notebook_follows_the_series_anatomy(notebook):
             assert not [line for line in source.splitlines()[1:] if line.startswith("#")], source[:80]
     setup_cells = [i for i, cell in enumerate(cells)
                    if cell["cell_type"] == "code" and re.search(r"^run = setup\(", text[i], re.MULTILINE)]
-    assert len(setup_cells) == 1 and text[setup_cells[0] - 1].strip() == "## Setup"
+    # "## Setup", the install cell (the first code cell: Colab's "Run all" from a fresh runtime), the setup cell
+    assert len(setup_cells) == 1 and text[setup_cells[0] - 2].strip() == "## Setup"
+    first_code = next(i for i, cell in enumerate(cells) if cell["cell_type"] == "code")
+    assert first_code == setup_cells[0] - 1 and text[first_code] == install_cell()
     assert text[-1].startswith("## Next")
     position = NOTEBOOKS.index(notebook)
-    onwards = f"]({NOTEBOOKS[position + 1].name})" if position + 1 < len(NOTEBOOKS) else "](../README.md"
+    onwards = (f"]({NOTEBOOKS[position + 1].name}) ([in Colab]({COLAB}{NOTEBOOKS[position + 1].name}))"
+               if position + 1 < len(NOTEBOOKS) else f"]({GITHUB}#the-notebooks)")
     assert onwards in text[-1], f"the last cell should link to {onwards[2:]}"
-    for link in re.findall(r"\]\((?!https?://)([^)#]+)", "\n".join(text)):  # every relative link resolves
+    for link in re.findall(r"\]\((?!https?://|attachment:)([^)#]+)", "\n".join(text)):  # relative links resolve
         assert (notebook.parent / link).exists(), link
+
+
+def install_cell() -> str:
+    """The first code cell of every notebook: README's install line, run only where the helpers are missing."""
+    (line,) = re.findall(r"^%pip install .*$", README, re.MULTILINE)
+    return ("# On Colab or SageMaker the first run installs the series' helpers and what they need (a minute);"
+            "\n# where they are installed already (your own machine, a second run) this cell does nothing."
+            "\nimport importlib.util\n\nif importlib.util.find_spec(\"helpers\") is None:\n    " + line +
+            "\n    importlib.invalidate_caches()")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
+def test_the_opening_picture_travels_with_the_notebook_and_is_the_one_in_images(notebook):
+    """Colab opens a notebook from GitHub with nothing beside it: the opening picture is an attachment of its cell,
+    byte for byte the file in images/ (which `python -m helpers.lead_pictures` draws, and the README shows)."""
+    import base64
+
+    cells = json.loads(notebook.read_text())["cells"]
+    attached = {name: base64.b64decode(data["image/png"]) for cell in cells
+                for name, data in cell.get("attachments", {}).items()}
+    assert len(attached) == 1, attached.keys()
+    ((name, picture),) = attached.items()
+    assert f"](attachment:{name})" in "".join(cells[0]["source"])
+    assert picture == (ROOT / "images" / name).read_bytes(), f"run `python -m helpers.lead_pictures` ({name})"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
 def test_readme_lists_each_notebook_with_a_colab_link(notebook):
     assert f"notebooks/{notebook.name})" in README
-    assert f"colab.research.google.com/github/sd35-notebooks/sd35-notebooks/blob/main/notebooks/{notebook.name}" in README
+    assert f"{COLAB}{notebook.name}" in README
 
 
 def test_no_remote_code_pickles_or_deprecated_dtype_argument():
@@ -148,7 +178,7 @@ def test_no_remote_code_pickles_or_deprecated_dtype_argument():
 def test_readme_table_matches_the_notebooks_and_every_link_resolves():
     listed = re.findall(r"\]\(notebooks/(\d\d_[^)]+\.ipynb)\)", README)
     assert listed == [notebook.name for notebook in NOTEBOOKS]
-    for link in re.findall(r"\]\((?!https?://)([^)#]+)", README):
+    for link in re.findall(r"\]\((?!https?://|attachment:)([^)#]+)", README):
         assert (ROOT / link).exists(), link
     for command in ("python3 dev.py lab", "python3 dev.py test", "python3 dev.py strip"):
         assert command in README
@@ -368,7 +398,7 @@ def test_every_command_line_answers_help_without_doing_anything(module, capsys):
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
 def test_links_in_notebooks_resolve_inside_the_folder_lab_serves(notebook):
     text = "".join("".join(cell["source"]) for cell in json.loads(notebook.read_text())["cells"])
-    for link in re.findall(r"\]\((?!https?://)([^)#\s]+)", text):
+    for link in re.findall(r"\]\((?!https?://|attachment:)([^)#\s]+)", text):
         target = (notebook.parent / link).resolve()
         assert target.exists() and target.is_relative_to(ROOT), (notebook.name, link)
 

@@ -11,6 +11,9 @@
     python3 dev.py test --latest
                            the quick tier in .venv-latest, with the newest versions pyproject.toml allows today
                            (not the locked ones): library drift shows up here, on purpose, before it reaches CI
+    python3 dev.py test --colab
+                           each notebook alone in an empty folder, "Run all" in a kernel with free Colab's shipped
+                           versions (.venv-colab; its install cell runs; about 15 minutes); commit first
     python3 dev.py lock    refresh requirements-lock.txt (the versions setup installs) to the newest allowed
     python3 dev.py strip   remove outputs from the notebooks before committing (no setup needed)
 
@@ -317,6 +320,9 @@ def test_commands(extra: list[str], python: Path = PYTHON) -> list[tuple[list[st
     if extra[:1] in (["--quick"], ["--latest"]):
         ignore = [f"--ignore=tests/{name}" for name in QUICK_SKIP]
         return [([*pytest, "tests", "-o", "addopts=-p no:cacheprovider", *options, *ignore, *extra[1:]], threads)]
+    if extra[:1] == ["--colab"]:  # builds .venv-colab at free Colab's versions (tests/test_colab_as_shipped.py)
+        return [([*pytest, "tests/test_colab_as_shipped.py", "-o", "addopts=-p no:cacheprovider", "-v", *extra[1:]],
+                 {"SD35_COLAB_TIER": "1"})]
     if extra[:1] == ["--machine"] and len(extra) >= 2:
         # float16 on a CPU is slower than float32: a sweep's cell can outlast the default cell timeout
         return [([*pytest, "notebooks", "--nbmake-timeout=1200", *options, *extra[2:]],

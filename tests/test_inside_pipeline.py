@@ -17,6 +17,7 @@ from helpers.encoders import (
     token_rows,
 )
 from helpers.evaluation import evaluation_scenes, generate_batch, judged
+from helpers.experiments import paired_change
 from helpers.models import get_model
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_inside_the_pipeline.ipynb"
@@ -140,5 +141,8 @@ def test_the_cut_costs_the_toy_its_prompt_and_prompt_3_gives_it_back(pipe):
         cut = judged(generate_batch(pipe, long, seeds, **SETTINGS), scenes)
         split = judged(generate_batch(pipe, subjects, seeds, prompt_3=long, **SETTINGS), scenes)
     assert [logging.getLogger(name).level for name in ("diffusers", "transformers")] == levels
-    assert short.everything >= 0.75 and split.everything >= 0.75
-    assert cut.everything <= short.everything - 0.5
+    # As notebook 08 reports it, paired by seed (measured on 2026-12-08, AVX512 and default kernels, 1 and 2 threads:
+    # 14 of 16 followed short, 0 cut, 16 split); the bounds lie four pictures below those counts.
+    assert sum(short.followed) >= 10 and sum(split.followed) >= 12, (short, split)
+    assert paired_change(short.followed, cut.followed).direction == "lower"  # lower in 14, higher in 0
+    assert paired_change(cut.followed, split.followed).direction == "higher"  # higher in 16

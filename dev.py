@@ -18,7 +18,8 @@
     python3 dev.py strip   remove outputs from the notebooks before committing (no setup needed)
 
 Extra arguments go to JupyterLab or pytest (e.g. `python3 dev.py test -k tiny`). Setup installs the versions in
-requirements-lock.txt and runs again only when it or pyproject.toml changes. It works only in a `.venv` it made itself. Without a GPU or a Hugging Face token, the notebooks run the offline toy model.
+requirements-lock.txt, runs again only when it or pyproject.toml changes, and works only in a `.venv` it made
+itself. Without a GPU or a Hugging Face token, the notebooks run the offline toy model.
 In a git checkout, setup also installs nbstripout as a git filter: notebooks keep their outputs on your disk, and
 git commits them without.
 """
@@ -36,8 +37,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 TORCH = "torch==2.13.0"  # installed first, so the range in pyproject.toml pulls nothing bigger
-BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def python_of(folder: Path) -> Path:
+    """The Python of the virtual environment in `folder`."""
+    return folder / ("Scripts" if os.name == "nt" else "bin") / ("python.exe" if os.name == "nt" else "python")
+
+
+PYTHON = python_of(VENV)
+BIN = PYTHON.parent
 STAMP = VENV / "sd35-installed"
 LATEST = ROOT / ".venv-latest"
 """`dev.py test --latest`'s environment: the newest versions pyproject.toml allows, apart from the locked .venv."""
@@ -72,8 +80,9 @@ def check_prerequisites(root: Path = ROOT) -> None:
 
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     if sys.version_info[:2] < MINIMUM_PYTHON:
+        again = " ".join(["python3.11", "dev.py", *sys.argv[1:]] if sys.argv[1:] else ["python3.11", "dev.py", "lab"])
         raise SetupError(f"Python {version} is too old: the series needs Python 3.11 or newer. Install it (on "
-                         "Debian or Ubuntu: sudo apt install python3.11 python3.11-venv) and run `python3.11 dev.py`.")
+                         f"Debian or Ubuntu: sudo apt install python3.11 python3.11-venv) and run `{again}`.")
     try:
         import ensurepip  # noqa: F401 - Debian and Ubuntu ship it separately, in python3-venv
     except ImportError:
@@ -95,10 +104,6 @@ def has_pip(python: Path) -> bool:
     """Whether the environment's Python exists and can run pip."""
     return python.is_file() and subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True,
                                                check=False).returncode == 0
-
-
-def python_of(folder: Path) -> Path:
-    return folder / ("Scripts" if os.name == "nt" else "bin") / ("python.exe" if os.name == "nt" else "python")
 
 
 def not_ours(folder: Path) -> str | None:

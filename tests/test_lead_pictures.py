@@ -19,7 +19,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 def test_each_notebook_opens_with_its_picture_drawn_by_this_code(notebook):
     name = PICTURES[notebook.name[:2]][0]
     first = "".join(json.loads(notebook.read_text())["cells"][0]["source"])
-    assert f"](../images/{name})" in first
+    assert f"](attachment:{name})" in first  # the file itself, attached (tests/test_project.py compares the bytes)
     assert is_ours(ROOT / "images" / name), f"images/{name} was not drawn by {lead_pictures.MAKER}"
     readme = (ROOT / "README.md").read_text()
     assert f'<img src="images/{name}"' in readme

@@ -237,6 +237,16 @@ def test_setup_says_what_to_install_where_python_cannot_make_environments(monkey
     assert "Setup cannot go on:" in capsys.readouterr().out
 
 
+def test_a_python_too_old_gets_the_same_command_to_run_with_a_newer_one(monkeypatch):
+    import sys
+
+    dev = load_dev()
+    monkeypatch.setattr(dev, "MINIMUM_PYTHON", (sys.version_info.major, sys.version_info.minor + 1))
+    monkeypatch.setattr(sys, "argv", ["dev.py", "lab", "--no-browser"])
+    with pytest.raises(dev.SetupError, match=r"run `python3\.11 dev\.py lab --no-browser`"):
+        dev.check_prerequisites()
+
+
 def test_setup_installs_the_locked_versions_with_uv_and_falls_back_to_pip_where_uv_cannot(tmp_path, monkeypatch,
                                                                                          capsys):
     """uv keeps the pinned torch (a constraint) and every locked version; a machine where uv fails to install still
@@ -273,6 +283,7 @@ def test_this_environment_has_exactly_the_locked_versions():
     """What `dev.py` installed (a fresh clone's CI included) is what requirements-lock.txt says, package by package."""
     import importlib.metadata
     import re
+    import sysconfig
 
     dev = load_dev()
     from packaging.markers import Marker
@@ -283,8 +294,11 @@ def test_this_environment_has_exactly_the_locked_versions():
         if not marker or Marker(marker).evaluate():
             normal[re.sub(r"[-_.]+", "-", name).lower()] = version
     assert {"diffusers", "transformers", "bitsandbytes", "accelerate", "peft", "nbmake"} <= set(normal)
+    # the environment's own packages: importing setuptools puts its vendored copies (older packaging, zipp ...)
+    # on sys.path too, which the environment never installed
+    site = sysconfig.get_paths()["purelib"]
     installed = {re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower(): dist.version
-                 for dist in importlib.metadata.distributions()}
+                 for dist in importlib.metadata.distributions(path=[site])}
     differ = {name: (installed[name], version) for name, version in normal.items()
               if name in installed and installed[name] != version}
     assert not differ, f"installed against locked: {differ}; run `python3 dev.py test` to set up again"

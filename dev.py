@@ -1,6 +1,6 @@
 """Set up the series on a fresh machine and open it, or run its tests. Needs only Python 3.11+ with pip.
 
-    python3 dev.py lab     set up .venv (first time: 1.5 minutes on 2 cores), then open JupyterLab on the series
+    python3 dev.py lab     set up .venv (first time: about a minute), then open JupyterLab on the series
     python3 dev.py test    set up .venv, then run the tests: unit tests, lint, every notebook (nbmake), the
                            sliders in a real JupyterLab (needs /usr/bin/chromium; skipped without it), and
                            notebooks 01-03 again on free Colab's T4 route (SD35_MACHINE=colab-t4)

@@ -139,7 +139,7 @@ def test_notebook_follows_the_series_anatomy(notebook):
 def install_cell() -> str:
     """The first code cell of every notebook: README's install line, run only where the helpers are missing."""
     (line,) = re.findall(r"^%pip install .*$", README, re.MULTILINE)
-    return ("# On Colab or SageMaker the first run installs the series' helpers and what they need (a minute);"
+    return ("# On Colab or SageMaker the first run installs the series' helpers and the versions they need;"
             "\n# where they are installed already (your own machine, a second run) this cell does nothing."
             "\nimport importlib.util\n\nif importlib.util.find_spec(\"helpers\") is None:\n    " + line +
             "\n    importlib.invalidate_caches()")

@@ -466,12 +466,15 @@ class RunningSweep:
 
     def crash_one_process(self, after_images: int = 1, timeout_s: float = 600) -> int:
         """Kill one worker (SIGKILL, as a crash or an out-of-memory kill would) once the launch has made
-        `after_images` images; returns its pid. For showing, and testing, what a crash leaves behind."""
+        `after_images` images and the main process has written the plan; returns its pid. For showing, and
+        testing, what a crash leaves behind. (Without waiting for the plan, a main process that loaded slowly on a
+        busy machine was killed with the other before writing it, and the missing pictures had no names.)"""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             events = self.events()
             workers = {entry["rank"]: entry["pid"] for entry in events if entry["event"] == "loaded"}
-            if sum(entry["event"] == "made" for entry in events) >= after_images and workers:
+            planned = any(entry["event"] == "plan" for entry in events)
+            if sum(entry["event"] == "made" for entry in events) >= after_images and workers and planned:
                 victim = workers[max(workers)]
                 os.kill(victim, signal.SIGKILL)
                 return victim

@@ -94,6 +94,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def load_dev():
+    """dev.py (which is not a package module) loaded as a module, for tests of setup and of its environments."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dev", ROOT / "dev.py")
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    return dev
+
+
 def kill_part_way(script: str, part_way, timeout_s: float = 120) -> None:
     """Run `script` in a fresh Python on one thread and kill it hard (SIGKILL, as a crash or a closed laptop does)
     as soon as `part_way()` holds; fails the test if it finished first."""

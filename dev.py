@@ -13,7 +13,7 @@
                            (not the locked ones): library drift shows up here, on purpose, before it reaches CI
     python3 dev.py test --colab
                            each notebook alone in an empty folder, "Run all" in a kernel with free Colab's shipped
-                           versions (.venv-colab; its install cell runs; about 15 minutes); commit first
+                           versions (.venv-colab; its install cell runs; 9 minutes on 2 cores); commit first
     python3 dev.py lock    refresh requirements-lock.txt (the versions setup installs) to the newest allowed
     python3 dev.py strip   remove outputs from the notebooks before committing (no setup needed)
 
@@ -201,8 +201,7 @@ def install_project(pip: list, python: Path = PYTHON, lock: Path | None = LOCK) 
     else by pip. Both compile every module to bytecode as they install: where PYTHONDONTWRITEBYTECODE is set, as on
     this project's CI machine, Python would otherwise compile each module again in every process that imports it
     (measured: the tests took 35% more CPU time without it)."""
-    pinned = python.parent.parent / "sd35-constraints.txt"  # uv keeps the torch installed above, fetches no other
-    pinned.write_text(TORCH + "\n")
+    pinned = torch_pin(python)  # uv keeps the torch installed above, fetches no other
     constraints = ["--constraint", pinned, *(["--constraint", lock] if lock else ["--upgrade"])]
     try:
         run(*pip, "--quiet", "uv")
@@ -215,6 +214,13 @@ def install_project(pip: list, python: Path = PYTHON, lock: Path | None = LOCK) 
     run(*pip, *constraints, "-e", ".[lab,dev]")
 
 
+def torch_pin(python: Path) -> Path:
+    """A constraints file in `python`'s environment holding dev.py's torch pin, for uv (installing, locking)."""
+    pinned = python.parent.parent / "sd35-constraints.txt"
+    pinned.write_text(TORCH + "\n")
+    return pinned
+
+
 def uv_of(python: Path) -> Path:
     return python.parent / ("uv.exe" if os.name == "nt" else "uv")
 
@@ -224,7 +230,7 @@ def lock_command(python: Path = PYTHON) -> list:
     Python 3.11+ runs on, with hashes; torch is left to dev.py's own pin (its wheel differs by machine)."""
     return [uv_of(python), "pip", "compile", "pyproject.toml", "--extra", "lab", "--extra", "dev", "--universal",
             "--python-version", "3.11", "--generate-hashes", "--upgrade", "--no-emit-package", "torch",
-            "--constraint", python.parent.parent / "sd35-constraints.txt", "--custom-compile-command",
+            "--constraint", torch_pin(python), "--custom-compile-command",
             "python3 dev.py lock", "--output-file", LOCK]
 
 

@@ -195,13 +195,7 @@ def test_code_is_lint_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def load_dev():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("dev", ROOT / "dev.py")
-    dev = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dev)
-    return dev
+load_dev = conftest.load_dev
 
 
 def test_lab_opens_the_series_at_the_repository_root_with_the_venv_on_its_path():

@@ -127,7 +127,9 @@ def _synchronize(device: str) -> None:
 
 @contextmanager
 def _stage_clocks(pipe, device: str, totals: dict[str, float]):
-    """Add the time spent inside each stage's modules to `totals`, via forward hooks (GPU-synchronised)."""
+    """Add the time spent inside each stage's modules to `totals` (GPU-synchronised): via forward hooks, or, for a
+    module compiled whole (`module.compile()`, whose compiled call runs the hooks inside the graph, where a clock
+    cannot be read), by timing its compiled call from outside for the duration of the block."""
     handles = []
 
     def watch(module, stage: str):
@@ -141,8 +143,21 @@ def _stage_clocks(pipe, device: str, totals: dict[str, float]):
             _synchronize(device)
             totals[stage] = totals.get(stage, 0.0) + time.perf_counter() - started.pop()
 
-        handles.append(module.register_forward_pre_hook(before))
-        handles.append(module.register_forward_hook(after))
+        compiled = module._compiled_call_impl
+        if compiled is None:
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after))
+            return
+
+        def timed(*args, **kwargs):
+            before()
+            try:
+                return compiled(*args, **kwargs)
+            finally:
+                after()
+
+        module._compiled_call_impl = timed
+        handles.append(_Restore(module, compiled))
 
     for stage, paths in STAGES.items():
         for path in paths:
@@ -156,6 +171,16 @@ def _stage_clocks(pipe, device: str, totals: dict[str, float]):
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _Restore:
+    """Puts a module's compiled call back, like a hook handle's `remove()`."""
+
+    def __init__(self, module, compiled):
+        self.module, self.compiled = module, compiled
+
+    def remove(self) -> None:
+        self.module._compiled_call_impl = self.compiled
 
 
 class _PeakRss:
@@ -275,7 +300,8 @@ def _check_counts(**counts: int) -> None:
 @checked(pipe=pipeline, model=model_name, weights=one_of("hub", "random", "trained toy", "stand-in"),
          steps=check_steps, size=side, guidance_scale=check_guidance_scale, runs=whole(1, MAX_RUNS),
          warmup=whole(0, MAX_RUNS), prompt=check_prompt, inputs=optional(instance(dict, "a dict of pipeline inputs")),
-         options=optional(instance(dict, "a dict of the options benchmarked")), progress=flag)
+         options=optional(instance(dict, "a dict of the options benchmarked")), progress=flag,
+         on_output=optional(function))
 def benchmark(
     pipe,
     *,
@@ -290,10 +316,12 @@ def benchmark(
     inputs: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
     progress: bool = True,
+    on_output: Callable[[Any], None] | None = None,
 ) -> BenchResult:
     """Time `pipe(prompt, ...)` with these settings: medians per run and per stage, and the peak memory.
 
     `inputs` replaces the prompt with other pipeline inputs, such as prompt embeddings computed beforehand.
+    `on_output` is given each call's output (the pictures), so that a caller need not make them again.
     `weights` says where the weights came from ('hub' or 'random'); the offline models are labelled
     'trained toy' and 'stand-in'.
     """
@@ -315,8 +343,11 @@ def benchmark(
     def call():
         totals: dict[str, float] = {}
         with _stage_clocks(pipe, device, totals):
-            pipe(**(inputs or {"prompt": prompt}), generator=torch.Generator("cpu").manual_seed(0), **settings)
+            output = pipe(**(inputs or {"prompt": prompt}), generator=torch.Generator("cpu").manual_seed(0),
+                          **settings)
         per_run_stages.append(totals)
+        if on_output is not None:
+            on_output(output)
 
     from helpers.speed import attention_kernel_used, compiled_graphs
 

@@ -45,45 +45,141 @@ TOLERANCE = 0.15
 """An estimate more than this far from the measured peak is flagged for correction."""
 
 
+H100 = {
+    "process start": 5.0,
+    "build Large": 21.0,
+    "build Medium": 18.0,
+    "Large, 28 steps": 5.6,
+    "Large NF4, 28 steps": 5.75,
+    "Medium, 28 steps": 2.65,
+    "Large Turbo, 4 steps": 0.58,
+}
+"""Seconds measured on the H100 machine (helpers/gpu_runs/h100-run1.json): a check's process until its first case
+(each check's time less its cases', 4 to 5 s), building each model with random weights on the GPU, and one picture
+of each (medians). The lease plan's estimates are made of these and the estimates below."""
+COMPILE_GRAPH_S = 20.0
+"""Estimate, not measured: seconds inductor takes to compile one distinct graph of SD3.5 (a kind of block, or the VAE
+decoder) in its default mode on the H100 machine. The one compile measured there was the stand-in's whole
+transformer in max-autotune mode, which tunes every matrix multiply: 80 s with its warm-up and runs
+(helpers/gpu_runs/h100-run2.json)."""
+FASTER = {"compiled": 0.8, "fp8": 0.65}
+"""Estimates, not measured: a compiled picture's time, and a compiled FP8 one's, as a share of the eager time (for
+planning only; the check measures them)."""
+GRAPHS = {"large": 2, "medium": 3}
+"""Distinct kinds of block regional compile compiles: Large's 38 blocks are 37 alike and a last one that keeps no
+context; Medium's 24 add MMDiT-X's second attention in the first 13 (helpers/configs/transformer-*.json)."""
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
     what: str
     needs_gpu: bool
-    minimum_s: float
-    """The check is skipped when less than this is left of the budget."""
+    parts: tuple[tuple[str, float], ...]
+    """The check's expected wall time on an H100, part by part (seconds): measured where helpers/gpu_runs/ has the
+    check, else made of H100 and the estimates above. A check starts only when its sum fits the time left."""
+
+    @property
+    def estimate_s(self) -> float:
+        return round(sum(seconds for _, seconds in self.parts), 1)
 
 
-CHECKS = (
+def _ladder_parts(model: str) -> tuple[tuple[str, float], ...]:
+    """The lease ladder's time: eager, regional compile + VAE compile, + FP8 (each a first call and 2 timed), and
+    for Large, Turbo at the fastest rung (batch 1 without CFG: each kind of block compiled again)."""
+    title = model.capitalize()
+    step = H100[f"{title}, 28 steps"]
+    graphs = GRAPHS[model] * COMPILE_GRAPH_S
+    parts = [("process start", H100["process start"]), (f"build {title}", H100[f"build {title}"]),
+             ("eager: 3 pictures", 3 * step),
+             ("regional compile + VAE compile: compiling (estimate)", graphs + COMPILE_GRAPH_S),
+             ("regional compile + VAE compile: 3 pictures (estimate)", 3 * step * FASTER["compiled"]),
+             ("+ FP8: compiling again (estimate)", graphs), ("+ FP8: 3 pictures (estimate)", 3 * step * FASTER["fp8"])]
+    if model == "large":
+        parts += [("Turbo: compiling for batch 1 (estimate)", graphs),
+                  ("Turbo: 3 pictures", 3 * H100["Large Turbo, 4 steps"])]
+    return tuple((name, round(seconds, 1)) for name, seconds in parts)
+
+
+def _measured_parts(seconds: float) -> tuple[tuple[str, float], ...]:
+    return (("measured on the H100 (helpers/gpu_runs/)", seconds),)
+
+
+def _estimated_parts(seconds: float) -> tuple[tuple[str, float], ...]:
+    return (("estimate: not yet run on a GPU", seconds),)
+
+
+CHECKS = {check.name: check for check in (
     Check("stand-in-loading", "every load_pipeline option combination on the stand-in, each task through from_pipe",
-          False, 20),
-    Check("bench-options", "every python -m helpers.bench option combination on the stand-in", False, 15),
-    # Not yet measured on a GPU: first, so the default budget reaches them. The speed ladder first of all.
-    Check("ladder-large", "the speed ladder on SD3.5 Large (28 steps, CFG), rung by rung: attention kernels, the "
-          "attention cache, regional compile, + VAE compile, + FP8; then Large Turbo (4 steps) at the top rung. Time, "
-          "stage split, compile time, kernel, and pixel difference from bf16 eager", True, 150),
-    Check("ladder-medium", "the speed ladder on SD3.5 Medium (28 steps, CFG), as for Large", True, 120),
-    Check("low-memory-large", "the seed's low-memory case without offload: SD3.5 Large with its transformer and T5 "
-          "in NF4, everything on the GPU (28 steps; against NF4 with model offload, 20.08 s and 11.0 GB measured)",
-          True, 60),
+          False, _measured_parts(43)),
+    Check("bench-options", "every python -m helpers.bench option combination on the stand-in", False,
+          _measured_parts(34)),
+    Check("lease-ladder-large", "the speed ladder's new rungs on SD3.5 Large (28 steps, CFG): eager, regional "
+          "compile + VAE compile, + FP8; then Large Turbo (4 steps) on the fastest rung that ran. Time, stage split, "
+          "compile time, kernel, and pixel difference from eager", True, _ladder_parts("large")),
+    Check("low-memory-large", "SD3.5 Large in NF4 (transformer and T5) with everything on the GPU, against the "
+          "seed's goal of 11 GB without offload: as loaded, with the VAE decoding in tiles, and with the text "
+          "encoders freed once the prompt is encoded (28 steps)", True,
+          (("process start", H100["process start"]), ("build Large, NF4 transformer and T5", H100["build Large"] + 4),
+           ("as loaded: 3 pictures", 3 * H100["Large NF4, 28 steps"]),
+           ("tiled decode: 2 pictures", 2 * H100["Large NF4, 28 steps"] + 1),
+           ("encoders freed: encoding + 2 pictures", 2 * H100["Large NF4, 28 steps"] + 1))),
+    Check("lease-ladder-medium", "the speed ladder's new rungs on SD3.5 Medium (28 steps, CFG), as for Large, "
+          "without Turbo", True, _ladder_parts("medium")),
+    Check("ladder-large", "the speed ladder on SD3.5 Large (28 steps, CFG), rung by rung: regional compile, + VAE "
+          "compile, + FP8, then Large Turbo (4 steps) on the fastest rung; then, on a new build, attention kernels, "
+          "the attention cache, and cuDNN attention last (older cuDNN can fail there for good)", True,
+          _estimated_parts(420)),
+    Check("ladder-medium", "the speed ladder on SD3.5 Medium (28 steps, CFG), as for Large", True,
+          _estimated_parts(300)),
     Check("t4-vae-decode", "the VAE decode at 1024x1024 as a T4 runs it: bf16 without cuDNN, float16 with it",
-          True, 30),
-    Check("fp16", "SD3.5 Medium and Large at full size in float16 (time and memory)", True, 60),
+          True, _estimated_parts(30)),
+    Check("fp16", "SD3.5 Medium and Large at full size in float16 (time and memory)", True, _estimated_parts(90)),
     Check("lora-training", "one LoRA training step of Medium and Large at 1024x1024 by each recipe of notebook "
           "11's memory table (16-bit, checkpointing + 8-bit AdamW, QLoRA): time and peak against the estimate",
-          True, 120),
-    Check("catalogue-routes", "each catalogue machine's route, at full size, in that machine's GPU memory", True, 90),
-    Check("medium", "SD3.5 Medium, random weights: bf16 on the GPU, the math attention a T4 gets, fused q/k/v, "
-          "bounded attention", True, 60),
-    Check("large", "SD3.5 Large, random weights: bf16, Turbo's settings, math attention, NF4, NF4 without T5",
-          True, 90),
+          True, _estimated_parts(120)),
+    Check("catalogue-routes", "each distinct catalogue route (GPU memory, compute capability, route), built at full "
+          "size, then run with this GPU's memory capped at that machine's", True, _estimated_parts(150)),
+    Check("medium", "SD3.5 Medium, random weights: bf16 on the GPU, the math attention of bf16 below compute "
+          "capability 8.0, fused q/k/v, bounded attention", True, _measured_parts(48)),
+    Check("large", "SD3.5 Large, random weights: bf16, Turbo's settings, the math attention of bf16 below compute "
+          "capability 8.0, NF4, NF4 without T5", True, _measured_parts(87)),
     Check("large-nf4-model-offload", "SD3.5 Large, NF4 transformer with model CPU offload (the seed's T4 recipe)",
-          True, 60),
-    Check("medium-model-offload", "SD3.5 Medium with model CPU offload: GPU peak and host memory", True, 45),
-    Check("medium-group-offload", "SD3.5 Medium with group offload (one block, CUDA stream)", True, 45),
-    Check("medium-sequential-offload", "SD3.5 Medium with sequential CPU offload", True, 45),
-    Check("compile", "torch.compile through python -m helpers.bench, alone and with model offload", False, 30),
-)
+          True, _measured_parts(85)),
+    Check("medium-model-offload", "SD3.5 Medium with model CPU offload: GPU peak and host memory", True,
+          _measured_parts(70)),
+    Check("medium-group-offload", "SD3.5 Medium with group offload (one block, CUDA stream)", True,
+          _measured_parts(70)),
+    Check("medium-sequential-offload", "SD3.5 Medium with sequential CPU offload", True, _measured_parts(38)),
+    Check("compile", "torch.compile through python -m helpers.bench, alone and with model offload", False,
+          _estimated_parts(60)),
+)}
+
+LEASE_BUDGET_S = 480
+"""What `--lease` plans for: 8 minutes of a 15-minute GPU lease, leaving the rest for the machine's start, copying
+the tree and unpacking packages."""
+LEASE = ("lease-ladder-large", "low-memory-large", "lease-ladder-medium")
+"""`--lease`: what no GPU has measured yet, by value; each starts only when its estimate fits the time left."""
+LEASE_IF_TIME = ("lora-training", "catalogue-routes")
+"""`--lease`, after LEASE: run only where time is left for their estimates (not counted in LEASE's plan)."""
+DEFAULT = tuple(name for name in CHECKS if not name.startswith("lease-"))
+"""The whole check (no --lease): every path, the new ones first after the stand-in's."""
+
+
+def plan_lines(names: tuple[str, ...], budget_s: float) -> list[str]:
+    """The plan as `--dry-run` prints it: each check with its estimate, part by part, and the sums."""
+    lines, total = [], 0.0
+    for name in names:
+        check = CHECKS[name]
+        optional = name in LEASE_IF_TIME
+        if not optional:
+            total += check.estimate_s
+        lines.append(f"{name}: {check.estimate_s:.0f} s{' (only if time is left)' if optional else ''} - "
+                     f"{check.what}")
+        lines += [f"    {seconds:6.1f} s  {part}" for part, seconds in check.parts]
+    lines.append(f"planned: {total:.0f} s of the {budget_s:.0f} s budget" + (
+        "" if total <= budget_s else " (over the budget: the last checks will be skipped)"))
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -272,15 +368,21 @@ def _full_size(model: str, **options):
     return build_pipeline(plan_route(model, **options), weights="random")
 
 
-def _estimate(model: str, strategy, attention: str = "fused"):
+def _estimate(model: str, strategy: str, attention: str = "fused", dtype: str = "bfloat16", vae_tiling: bool = False):
+    """helpers.memory's estimate for a case: `strategy` is a name in helpers.memory.STRATEGIES."""
     from helpers.memory import estimate
 
-    return estimate(model, strategy, SIZE, attention)
+    return estimate(model, strategy, SIZE, attention, dtype=dtype, vae_tiling=vae_tiling)
+
+
+MATH_CASE = "math attention, bf16 (below compute capability 8.0)"
+"""Called 'math attention (T4 path)' in reports before 2026-12-08, when a T4 ran bf16; it now runs float16."""
 
 
 @contextmanager
 def _math_attention():
-    """The attention kernel a GPU without bf16 fused kernels (T4, V100) falls back to."""
+    """PyTorch's math attention, which bf16 falls back to on GPUs below compute capability 8.0 (the series computes
+    in float16 there, with fused kernels; this measures what bf16 would cost)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.MATH):
@@ -298,7 +400,7 @@ def check_medium(recorder: Recorder) -> None:
     with recorder.case("bf16 on the GPU", model="medium") as record:
         _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=guidance, runs=3, warmup=1),
                   _estimate("medium", "gpu"))
-    with recorder.case("math attention (T4 path)", model="medium") as record, _math_attention():
+    with recorder.case(MATH_CASE, model="medium") as record, _math_attention():
         _measured(record, measure(pipe, steps=MEMORY_STEPS, size=SIZE, guidance_scale=guidance, runs=1, warmup=1),
                   _estimate("medium", "gpu", "math"))
     with recorder.case("fused q/k/v", model="medium") as record:
@@ -325,7 +427,6 @@ def _allocated_gb() -> float:
 
 
 def check_large(recorder: Recorder) -> None:
-    from helpers.memory import Strategy
     from helpers.models import get_model
     from helpers.quantization import quantize_linear_layers_nf4
 
@@ -340,7 +441,7 @@ def check_large(recorder: Recorder) -> None:
         _measured(record, measure(pipe, steps=turbo.num_inference_steps, size=SIZE,
                                   guidance_scale=turbo.guidance_scale, runs=3, warmup=1),
                   _estimate("large-turbo", "gpu"))
-    with recorder.case("math attention (T4 path)", model="large") as record, _math_attention():
+    with recorder.case(MATH_CASE, model="large") as record, _math_attention():
         _measured(record, measure(pipe, steps=MEMORY_STEPS, size=SIZE, guidance_scale=large.guidance_scale,
                                   warmup=1), _estimate("large", "gpu", "math"))
     with recorder.case("NF4 transformer on the GPU", model="large") as record:
@@ -354,7 +455,7 @@ def check_large(recorder: Recorder) -> None:
         _free_memory()
         record["weights_gb"] = round(_allocated_gb(), 2)
         _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=large.guidance_scale, runs=2,
-                                  warmup=1), _estimate("large", Strategy("", transformer="nf4", t5="drop")))
+                                  warmup=1), _estimate("large", "nf4-no-t5"))
 
 
 def _offload_check(model: str, offload: str, strategy: str, *, nf4: bool = False, steps: int = MEMORY_STEPS):
@@ -412,42 +513,59 @@ def check_fp16(recorder: Recorder) -> None:
         with recorder.case("float16 on the GPU", model=model) as record:
             pipe = _full_size(model, dtype="float16")
             _measured(record, measure(pipe, steps=steps, size=SIZE, guidance_scale=get_model(model).guidance_scale,
-                                      runs=1, warmup=1), _estimate(model, "gpu"))
+                                      runs=1, warmup=1), _estimate(model, "gpu", dtype="float16"))
             del pipe
 
 
-def check_catalogue_routes(recorder: Recorder) -> None:
-    """Each catalogue machine's route for Large and Medium, built at full size on this GPU with its memory capped
-    at that machine's (set_per_process_memory_fraction): 2 steps, peak against the estimate."""
+def catalogue_cases(gpu_gb: float) -> list[dict[str, Any]]:
+    """The catalogue routes a GPU of `gpu_gb` GB can stand in for: one case per distinct (GPU memory, compute
+    capability, route) for Large and Medium, naming every machine it stands for. Offload routes are left to their
+    own checks."""
     from dataclasses import replace
 
-    import torch
-
     from helpers.machines import MACHINES
-    from helpers.memory import estimate_on
-    from helpers.models import get_model
-    from helpers.routes import build_pipeline, plan_route
+    from helpers.routes import plan_route
 
-    total = torch.cuda.get_device_properties(0).total_memory / 1e9
+    cases: dict[tuple, dict[str, Any]] = {}
     for machine in MACHINES.values():
-        if machine.gpu_gb > total:
+        if machine.gpu_gb > gpu_gb:
             continue
         for model in ("large", "medium"):
-            with recorder.case(f"{machine.name} route", model=model, machine=machine.name) as record:
-                route = replace(plan_route(model, machine=machine), emulated=False, device="cuda")
-                record.update(strategy=route.strategy, route=route.describe())
-                if route.offload:
-                    record["status"] = "skipped: offload routes are measured by their own checks"
-                    continue
-                torch.cuda.set_per_process_memory_fraction(min(1.0, machine.gpu_gb / total))
-                try:
-                    pipe = build_pipeline(route, weights="random")
-                    _measured(record, measure(pipe, steps=MEMORY_STEPS, size=SIZE,
-                                              guidance_scale=get_model(model).guidance_scale, warmup=1),
-                              estimate_on(model, route.strategy, machine, SIZE, vae_tiling=route.vae_tiling))
-                    del pipe
-                finally:
-                    torch.cuda.set_per_process_memory_fraction(1.0)
+            route = replace(plan_route(model, machine=machine), emulated=False, device="cuda")
+            if route.offload:
+                continue
+            key = (machine.gpu_gb, machine.compute_capability, model, route.describe())
+            case = cases.setdefault(key, {"model": model, "machine": machine, "route": route, "machines": []})
+            case["machines"].append(machine.name)
+    return list(cases.values())
+
+
+def check_catalogue_routes(recorder: Recorder) -> None:
+    """Each distinct catalogue route for Large and Medium (`catalogue_cases`): built at full size on this GPU first,
+    the building's memory freed, then run (2 steps) with this GPU's memory capped at that machine's
+    (set_per_process_memory_fraction), the peak against the estimate. Building under the cap would fail where a
+    route quantizes after a 16-bit build, which the real checkpoints do not need."""
+    import torch
+
+    from helpers.memory import estimate_on
+    from helpers.models import get_model
+    from helpers.routes import build_pipeline
+
+    total = torch.cuda.get_device_properties(0).total_memory / 1e9
+    for case in catalogue_cases(total):
+        machine, model, route = case["machine"], case["model"], case["route"]
+        with recorder.case(f"{' = '.join(case['machines'])} route", model=model, machine=machine.name,
+                           machines=case["machines"], strategy=route.strategy, route=route.describe()) as record:
+            pipe = build_pipeline(route, weights="random")
+            _free_memory()
+            torch.cuda.set_per_process_memory_fraction(min(1.0, machine.gpu_gb / total))
+            try:
+                _measured(record, measure(pipe, steps=MEMORY_STEPS, size=SIZE,
+                                          guidance_scale=get_model(model).guidance_scale, warmup=1),
+                          estimate_on(model, route.strategy, machine, SIZE, vae_tiling=route.vae_tiling))
+            finally:
+                torch.cuda.set_per_process_memory_fraction(1.0)
+                del pipe
 
 
 def check_lora_training(recorder: Recorder) -> None:
@@ -480,10 +598,16 @@ def check_lora_training(recorder: Recorder) -> None:
 
 
 LADDER = ("bf16 eager", "regional compile", "regional compile + VAE compile", "regional compile + VAE compile + FP8",
-          "cudnn attention", "flash attention", "attention cache (PAB, every 2 steps)")
+          "flash attention", "attention cache (PAB, every 2 steps)", "cudnn attention")
 """The speed ladder's rungs in the order `check_speed_ladder` measures them, by value: eager first (the reference),
 the compiled rungs, each adding to the one before, then the rungs of the uncompiled model (attention kernels, the
-attention cache), on a second build with the same random weights."""
+attention cache), on a second build with the same random weights. cuDNN's attention comes last: at SD3.5's 4,429
+tokens older cuDNN releases can end in an illegal memory access, after which nothing more runs in the process."""
+LEASE_RUNGS = ("bf16 eager", "regional compile + VAE compile", "regional compile + VAE compile + FP8")
+"""The rungs `--lease` measures: what no GPU has measured yet, in the fewest compiles."""
+TURBO = {"large": "large-turbo"}
+"""The model whose settings (steps, guidance) each ladder also measures on its fastest rung."""
+LADDER_PROMPT = "A group of elves hunting a dragon, 4k cinema"
 
 
 def _ladder_speeds():
@@ -491,20 +615,21 @@ def _ladder_speeds():
 
     return dict(zip(LADDER, (
         Speedups(), Speedups(compile="regional"), Speedups(compile="regional", compile_vae=True),
-        Speedups(compile="regional", compile_vae=True, fp8=True), Speedups(attention_kernel="cudnn"),
-        Speedups(attention_kernel="flash"), Speedups(cache="pab"),
+        Speedups(compile="regional", compile_vae=True, fp8=True), Speedups(attention_kernel="flash"),
+        Speedups(cache="pab"), Speedups(attention_kernel="cudnn"),
     ), strict=True))
 
 
 def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, steps: int = STEPS,
-                       rungs: tuple[str, ...] = LADDER, runs: int = 2) -> None:
+                       rungs: tuple[str, ...] = LADDER, runs: int = 2, turbo: str | None = None) -> None:
     """Each rung of `rungs` on one full-size pipeline with random weights: seconds per picture (`runs` after a
     first call timed apart, which compiles), the stage split, graphs compiled and recompiled, the attention kernel
-    that ran, GPU peak, and the mean pixel difference (0 to 255) from the first rung's picture of the same seed (a
-    lower bound on the drift real weights would show). The compiled rungs add to each other; a rung of the
-    uncompiled model after them gets a new build, with the same random weights (the same seed). A rung the GPU
-    cannot run is recorded as refused. Large's check measures Large Turbo's settings (4 steps, no CFG) after its
-    last compiled rung. Without a GPU it runs on the stand-in (`model='tiny'`), for the tests."""
+    that ran, GPU peak, what was applied, and the mean pixel difference (0 to 255) of the last timed picture from the
+    first rung's (a lower bound on the drift real weights would show). The compiled rungs add to each other; a rung
+    of the uncompiled model after them gets a new build, with the same random weights (the same seed). A rung the
+    GPU cannot run is recorded as refused, with the reason. Then `turbo`'s settings (default: TURBO's for the model;
+    Large Turbo's 4 steps without CFG for Large) on the fastest rung that ran, built again where the pipeline has
+    moved past it. Without a GPU it runs on the stand-in (`model='tiny'`), for the tests."""
     import numpy as np
     import torch
     from diffusers import StableDiffusion3Pipeline
@@ -518,14 +643,17 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
         machine_refusal,
         quantize_fp8,
         remove_attention_cache,
+        speed_report,
         speed_up,
         use_attention_kernel,
     )
 
     spec = get_model(model)
+    turbo = turbo or TURBO.get(model)
     speeds = _ladder_speeds()
     with recorder.case("ladder planned", model=model) as record:
         record["rungs"] = list(rungs)
+        record["then"] = f"{turbo}'s settings on the fastest rung" if turbo else None
 
     route = (plan_route("tiny") if spec.is_stand_in else
              plan_route(model, offload=None, quantize=None, t5="keep", dtype="bfloat16"))  # as _full_size plans
@@ -534,26 +662,39 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
         torch.manual_seed(0)  # the same random weights at every build
         return build_pipeline(route, StableDiffusion3Pipeline, weights="pretrained" if spec.is_stand_in else "random")
 
-    def picture(call_steps: int, guidance: float):
-        output = pipe(prompt="A group of elves hunting a dragon, 4k cinema", num_inference_steps=call_steps,
-                      height=size, width=size, guidance_scale=guidance, output_type="np",
-                      generator=torch.Generator("cpu").manual_seed(0))
-        return np.nan_to_num(output.images[0].astype(np.float64))
+    def apply(pipe, speed: Speedups, already: Speedups) -> list[str]:
+        """Add to `pipe` what `speed` has and `already` has not (the compiled rungs add up); what was applied."""
+        applied = []
+        if speed.fp8 and not already.fp8:
+            quantize_fp8(pipe.transformer)
+            tuning = torch._inductor.config.coordinate_descent_tuning  # torchao's default would turn it on
+            applied.append(f"FP8 linear layers (inductor's coordinate-descent tuning {'on' if tuning else 'off'})")
+        added = Speedups(compile=None if already.compile else speed.compile,
+                         compile_vae=speed.compile_vae and not already.compile_vae)
+        if added.any:
+            speed_up(pipe, added)
+            applied += speed_report(pipe).applied
+        return applied
 
-    def measured(record, call_model: str, call_steps: int, guidance: float, timed_runs: int, label: str) -> None:
+    def measured(record, pipe, call_model: str, call_steps: int, guidance: float, label: str):
+        """Time the rung; the last timed picture, as floats."""
+        pictures = []
         result = benchmark(pipe, model=call_model, weights="stand-in" if spec.is_stand_in else "random",
-                           steps=call_steps, size=size, guidance_scale=guidance, runs=timed_runs, warmup=1,
-                           progress=False, options={"rung": label})
+                           steps=call_steps, size=size, guidance_scale=guidance, runs=runs, warmup=1,
+                           progress=False, options={"rung": label},
+                           inputs={"prompt": LADDER_PROMPT, "output_type": "np"},
+                           on_output=lambda output: pictures.append(output.images[0]))
         record.update(median_s=round(result.median, 4), runs_s=[round(value, 4) for value in result.runs],
                       stages={stage: round(value, 4) for stage, value in result.stages.items()},
                       first_call_s=round(result.first_call_s, 2), graphs_compiled=result.graphs_compiled,
                       recompiles=result.recompiles, attention_kernel=result.attention_kernel, steps=call_steps,
                       gpu_peak_gb=round(result.peak_memory_gb, 2) if result.memory_kind == "GPU allocated" else None)
+        return np.nan_to_num(pictures[-1].astype(np.float64)), result.median
 
     pipe = build()
     guidance = spec.guidance_scale if spec.guidance_scale > 1 else 7.0
     reference = None
-    applied = Speedups()
+    applied, fastest = Speedups(), None  # what the pipeline has now; (median, speed) of the fastest rung that ran
     for rung in rungs:
         speed = speeds[rung]
         with recorder.case(rung, model=model) as record:
@@ -562,7 +703,7 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
                 record.update(status="refused", error=why_not)
                 continue
             compiled = bool(speed.compile or speed.compile_vae or speed.fp8)
-            if applied.any and not compiled:  # an uncompiled rung after compiled ones: build again
+            if applied.any and not compiled:  # a rung of the uncompiled model after compiled ones
                 del pipe
                 _free_memory()
                 pipe, applied = build(), Speedups()
@@ -570,35 +711,45 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
                 use_attention_kernel(pipe.transformer, speed.attention_kernel)
             elif speed.cache:
                 cache_attention(pipe.transformer, every=speed.cache_every)
-            elif compiled:  # only what this rung adds to the one before
-                if speed.fp8 and not applied.fp8:
-                    quantize_fp8(pipe.transformer)
-                added = Speedups(compile=None if applied.compile else speed.compile,
-                                 compile_vae=speed.compile_vae and not applied.compile_vae)
-                if added.any:
-                    speed_up(pipe, added)
-                applied = speed
+            elif compiled:
+                before, applied = applied, speed  # set first: a failure part-way leaves the pipeline changed
+                record["applied"] = apply(pipe, speed, before)
             try:
-                measured(record, spec.name, steps, guidance, runs, rung)
-                made = picture(steps, guidance)
+                made, median = measured(record, pipe, spec.name, steps, guidance, rung)
                 reference = made if reference is None else reference
                 record["pixel_difference"] = round(float(np.abs(made - reference).mean() * 255), 3)
+                if not (speed.attention_kernel or speed.cache) and (fastest is None or median < fastest[0]):
+                    fastest = (median, speed)
             finally:
                 if speed.attention_kernel:  # back to PyTorch's choice for the rungs after
                     use_attention_kernel(pipe.transformer, None)
                 if speed.cache:
                     remove_attention_cache(pipe.transformer)
-        if model == "large" and compiled and rung == max((name for name in rungs if speeds[name].compile),
-                                                         key=rungs.index, default=None):
-            turbo = get_model("large-turbo")
-            with recorder.case(f"Large Turbo's settings at {applied.describe()}", model="large-turbo") as record:
-                measured(record, "large-turbo", turbo.num_inference_steps, turbo.guidance_scale, 3, "Turbo")
+    if turbo is None or fastest is None:
+        return
+    settings, speed = get_model(turbo), fastest[1]
+    with recorder.case(f"{get_model(turbo).title}'s settings at {speed.describe()}", model=turbo) as record:
+        if applied != speed:  # the pipeline moved past the fastest rung (or a later rung failed): build it again
+            del pipe
+            _free_memory()
+            pipe = build()
+            record["applied"] = apply(pipe, speed, Speedups())
+            record["built_again"] = True
+        measured(record, pipe, spec.name if spec.is_stand_in else turbo, settings.num_inference_steps,
+                 settings.guidance_scale, "Turbo")
 
 
 def check_low_memory(recorder: Recorder) -> None:
-    """Large with an NF4 transformer and an NF4 T5, all on the GPU: the route that needs no offload for the seed's
-    low-memory case (goal: at most 11 GB and 9 s), timed like the model-offload route it would replace."""
+    """Large with an NF4 transformer and an NF4 T5, all on the GPU, toward the seed's low-memory goal (at most 11 GB
+    and 9 s without offload): as loaded (nf4-t5-nf4), then with the VAE decoding in tiles, then also with the text
+    encoders freed once the prompt is encoded (helpers.memory.LOW_MEMORY_LARGE): there the encoding's peak is
+    measured apart and the pictures are made from the embeddings."""
+    import torch
+
+    from helpers.bench import PROMPT
+    from helpers.memory import LOW_MEMORY_LARGE
     from helpers.models import get_model
+    from helpers.routes import tile_vae_decode
 
     large = get_model("large")
     with recorder.case("build: NF4 transformer, NF4 T5, on the GPU") as record:
@@ -607,6 +758,26 @@ def check_low_memory(recorder: Recorder) -> None:
     with recorder.case("NF4 transformer and NF4 T5 on the GPU", model="large") as record:
         _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=large.guidance_scale, runs=2,
                                   warmup=1), _estimate("large", "nf4-t5-nf4"))
+    with recorder.case("NF4 transformer and NF4 T5, VAE decoded in tiles", model="large") as record:
+        tile_vae_decode(pipe.vae)
+        _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=large.guidance_scale, runs=1,
+                                  warmup=1), _estimate("large", "nf4-t5-nf4", vae_tiling=True))
+    with recorder.case("NF4, tiles, text encoders freed after encoding", model="large",
+                       strategy=LOW_MEMORY_LARGE) as record:
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            embeddings = pipe.encode_prompt(prompt=PROMPT, prompt_2=None, prompt_3=None, device=pipe._execution_device,
+                                            do_classifier_free_guidance=True)
+        record["encoding_peak_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+        pipe.register_modules(text_encoder=None, text_encoder_2=None, text_encoder_3=None)
+        _free_memory()
+        record["weights_gb"] = round(_allocated_gb(), 2)
+        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=large.guidance_scale, runs=1, warmup=1,
+                                  prompt=None, **dict(zip(names, embeddings, strict=True))),
+                  _estimate("large", LOW_MEMORY_LARGE, vae_tiling=True))
+        record["route_peak_gb"] = max(record["encoding_peak_gb"], record.get("gpu_peak_gb") or 0)
+        record["measured_over_estimate"] = round(record["route_peak_gb"] / record["estimate_gb"], 3)
 
 
 def _rss_bytes() -> int:
@@ -618,6 +789,8 @@ def _rss_bytes() -> int:
 RUNNERS: dict[str, Callable[[Recorder], None]] = {
     "stand-in-loading": check_stand_in_loading,
     "bench-options": check_bench_options,
+    "lease-ladder-large": lambda recorder: check_speed_ladder(recorder, "large", rungs=LEASE_RUNGS),
+    "lease-ladder-medium": lambda recorder: check_speed_ladder(recorder, "medium", rungs=LEASE_RUNGS),
     "ladder-large": lambda recorder: check_speed_ladder(recorder, "large"),
     "ladder-medium": lambda recorder: check_speed_ladder(recorder, "medium"),
     "low-memory-large": check_low_memory,
@@ -635,9 +808,25 @@ RUNNERS: dict[str, Callable[[Recorder], None]] = {
 }
 
 
+def _end_with_parent() -> None:
+    """Have Linux kill this process when the process that started it dies (a check runs in its own process group,
+    so a killed `gpu_check` would otherwise leave it running on the GPU)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's own cleanup still ends it
+        return
+    if str(os.getppid()) != os.environ.get("SD35_GPU_CHECK_PARENT", str(os.getppid())):  # it died before that
+        os._exit(1)
+
+
 def run_child(name: str, records: Path) -> None:
     """Run one check in this process, recording into `records`."""
     import warnings
+
+    _end_with_parent()
 
     warnings.filterwarnings("ignore", message="invalid value encountered in cast")  # random weights' pictures
     RUNNERS[name](Recorder(records))
@@ -653,7 +842,8 @@ def environment() -> dict[str, Any]:
     import torch
 
     versions = {}
-    for package in ("torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "huggingface_hub"):
+    for package in ("torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "torchao", "peft",
+                    "huggingface_hub"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -661,6 +851,7 @@ def environment() -> dict[str, Any]:
     info: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()), "python": platform.python_version(), "versions": versions, "cpus": os.cpu_count(),
         "host_memory_gb": round(psutil.virtual_memory().total / 1e9, 1), "cuda": torch.cuda.is_available(),
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
     }
     if torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(0)
@@ -675,31 +866,65 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def _run_check(check: Check, out: Path, timeout_s: float) -> dict[str, Any]:
+def _read_cases(records: Path) -> list[dict[str, Any]]:
+    """The cases a check's process has recorded so far (a line being written is left for the next read)."""
+    if not records.exists():
+        return []
+    cases = []
+    for line in records.read_text().splitlines():
+        try:
+            cases.append(json.loads(line))
+        except ValueError:
+            break
+    return cases
+
+
+def _run_check(check: Check, out: Path, timeout_s: float,
+               on_case: Callable[[dict[str, Any]], None] = lambda result: None, poll_s: float = 2.0) -> dict[str, Any]:
+    """Run one check in its own process (and process group, so that compile workers end with it), for at most
+    `timeout_s`; `on_case` gets the result so far whenever a case is recorded, so a report written there keeps every
+    finished case even if this process is killed."""
+    import signal
+
     records = out / f".{check.name}.jsonl"
     records.unlink(missing_ok=True)
     start = time.perf_counter()
+    result = {"check": check.name, "what": check.what, "estimate_s": check.estimate_s, "status": "running",
+              "cases": []}
     with (out / "gpu_check.log").open("a") as log:
         log.write(f"\n===== {check.name} =====\n")
         log.flush()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "helpers.gpu_check", "--child", check.name, "--records", str(records)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "SD35_GPU_CHECK_PARENT": str(os.getpid())})
         try:
-            returncode = subprocess.run(
-                [sys.executable, "-m", "helpers.gpu_check", "--child", check.name, "--records", str(records)],
-                stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            ).returncode
-        except subprocess.TimeoutExpired:
-            returncode = None
-    cases = [json.loads(line) for line in records.read_text().splitlines()] if records.exists() else []
+            while True:
+                try:
+                    returncode = process.wait(timeout=poll_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    cases = _read_cases(records)
+                    if len(cases) != len(result["cases"]):
+                        result.update(cases=cases, seconds=round(time.perf_counter() - start, 1))
+                        on_case(result)
+                    if time.perf_counter() - start > timeout_s:
+                        returncode = None
+                        break
+        finally:
+            if process.poll() is None:  # stopped by the budget, or this process interrupted
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    result["cases"] = _read_cases(records)
     records.unlink(missing_ok=True)
     if returncode is None:
-        status = f"stopped by the budget after {timeout_s:.0f} s"
+        result["status"] = f"stopped by the budget after {timeout_s:.0f} s"
     elif returncode != 0:
-        status = f"process ended with code {returncode} (see gpu_check.log)"
+        result["status"] = f"process ended with code {returncode} (see gpu_check.log)"
     else:
-        status = "failed" if any(case.get("status") == "failed" for case in cases) else "ok"
-    return {"check": check.name, "what": check.what, "status": status,
-            "seconds": round(time.perf_counter() - start, 1), "cases": cases}
+        result["status"] = "failed" if any(case.get("status") == "failed" for case in result["cases"]) else "ok"
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
 
 
 REPORTS = ("gpu_check.json", "gpu_check.md", "gpu_check.log")
@@ -721,36 +946,59 @@ def _check_reports_are_ours(out: Path) -> None:
                          "left as they are. Choose another --out folder.")
 
 
-def run(budget_s: float, out: Path, only: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the checks in order within `budget_s` seconds; write and return the report."""
+def plan(lease: bool = False, only: list[str] | None = None) -> tuple[str, ...]:
+    """The checks a run starts, in order: LEASE then LEASE_IF_TIME with `lease`, else DEFAULT (only those of
+    `only`, if given)."""
+    unknown = sorted(set(only or ()) - set(CHECKS))
+    if unknown:
+        raise ValueError(f"--only {' '.join(unknown)}: no such check. Checks: {', '.join(CHECKS)}.")
+    if lease:
+        if only:
+            raise ValueError("--only with --lease: the lease runs its own plan (see --lease --dry-run). Leave one out.")
+        return LEASE + LEASE_IF_TIME
+    names = DEFAULT if not only else tuple(name for name in CHECKS if name in only)
+    return names
+
+
+def run(budget_s: float, out: Path, only: list[str] | None = None, progress: bool = True, lease: bool = False,
+        command: str | None = None) -> dict[str, Any]:
+    """Run the planned checks in order within `budget_s` seconds, each only where its estimate fits the time left;
+    write the report after every case, and return it."""
     import torch
 
     if not (isinstance(budget_s, (int, float)) and 0 < budget_s <= 86_400):
         raise ValueError(f"budget_s={shown(budget_s)} must be a positive number of seconds up to a day, e.g. 360.")
+    names = plan(lease, only)
     out = output_folder(out, "--out")
     _check_reports_are_ours(out)
-    unknown = sorted(set(only or ()) - set(RUNNERS))
-    if unknown:
-        raise ValueError(f"--only {' '.join(unknown)}: no such check. Checks: {', '.join(RUNNERS)}.")
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.log").write_text("")
     started = time.perf_counter()
-    report: dict[str, Any] = {"command": "python -m helpers.gpu_check " + " ".join(sys.argv[1:]),
-                              "budget_s": budget_s, "environment": environment(), "checks": []}
-    for check in CHECKS:
-        if only and check.name not in only:
-            continue
+    report: dict[str, Any] = {"command": command or "python -m helpers.gpu_check", "budget_s": budget_s,
+                              "environment": environment(), "checks": []}
+
+    def running(result: dict[str, Any]) -> None:
+        report["checks"][-1] = dict(result)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        write_report(report, out)
+
+    for name in names:
+        check = CHECKS[name]
         left = budget_s - (time.perf_counter() - started)
+        skipped = {"check": name, "what": check.what, "estimate_s": check.estimate_s, "cases": []}
         if check.needs_gpu and not torch.cuda.is_available():
-            result = {"check": check.name, "what": check.what, "status": "skipped: needs a CUDA GPU", "cases": []}
-        elif left < check.minimum_s:
-            result = {"check": check.name, "what": check.what,
-                      "status": f"skipped: {left:.0f} s of the budget left, it needs {check.minimum_s:.0f} s",
-                      "cases": []}
+            result = {**skipped, "status": "skipped: needs a CUDA GPU"}
+        elif left < check.estimate_s:
+            result = {**skipped, "status": f"skipped: {left:.0f} s of the budget left, its estimate is "
+                                           f"{check.estimate_s:.0f} s"}
         else:
             if progress:
-                print(f"[{time.perf_counter() - started:5.0f} s] {check.name}: {check.what}", flush=True)
-            result = _run_check(check, out, left)
+                print(f"[{time.perf_counter() - started:5.0f} s] {name} (about {check.estimate_s:.0f} s): "
+                      f"{check.what}", flush=True)
+            report["checks"].append({**skipped, "status": "running"})
+            running(report["checks"][-1])
+            result = _run_check(check, out, left, on_case=running)
+            report["checks"].pop()
         report["checks"].append(result)
         report["seconds"] = round(time.perf_counter() - started, 1)
         write_report(report, out)
@@ -804,18 +1052,31 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run every GPU path of the series within a time budget and write a JSON and a Markdown report."""
     parser = argparse.ArgumentParser(prog="python -m helpers.gpu_check", description=main.__doc__)
-    parser.add_argument("--budget-s", type=float, default=360.0,
-                        help="stop starting checks after this many seconds (default 360)")
+    parser.add_argument("--lease", action="store_true",
+                        help=f"run only what no GPU has measured yet, planned for a GPU lease (default budget "
+                             f"{LEASE_BUDGET_S} s): {', '.join(LEASE)}, then {', '.join(LEASE_IF_TIME)} if time is "
+                             "left")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan with each check's estimate; run nothing")
+    parser.add_argument("--budget-s", type=float, help=f"stop starting checks after this many seconds (default 360, "
+                                                       f"{LEASE_BUDGET_S} with --lease)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
-    parser.add_argument("--only", nargs="+", metavar="CHECK", help=f"run only these: {', '.join(RUNNERS)}")
+    parser.add_argument("--only", nargs="+", metavar="CHECK", help=f"run only these: {', '.join(CHECKS)}")
     parser.add_argument("--child", choices=list(RUNNERS), help=argparse.SUPPRESS)
     parser.add_argument("--records", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         run_child(args.child, args.records)
         return 0
+    budget = args.budget_s if args.budget_s is not None else LEASE_BUDGET_S if args.lease else 360.0
+    command = "python -m helpers.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        report = run(args.budget_s, args.out, args.only)
+        names = plan(args.lease, args.only)
+        if args.dry_run:
+            if not (budget > 0):
+                raise ValueError(f"--budget-s {budget:g}: give a positive number of seconds, e.g. 360.")
+            print("\n".join(plan_lines(names, budget)))
+            return 0
+        report = run(budget, args.out, args.only, lease=args.lease, command=command)
     except ValueError as error:
         parser.error(str(error))
     print(markdown(report))

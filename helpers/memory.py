@@ -61,6 +61,12 @@ HOST_COPIES = {"none": 0.0, "embeddings-once": 0.0, "model": 1.26, "sequential":
 """Host memory per byte of weights kept in CPU memory, by offload: measured on the H100 machine (Medium with model,
 sequential and group offload, NF4 Large with model offload). Model offload copies each part back to fresh CPU memory
 after every image; group offload with a CUDA stream also pins a copy for fast transfers."""
+VAE_TILE = 512
+"""Pixels per side of a VAE tile when a route tiles the decode. diffusers' own default tile for SD3's VAE is its
+`sample_size`, 1024 (`AutoencoderKL.tile_sample_min_size`), so `enable_tiling()` alone never tiles a 1024x1024
+decode; the route sets the tile to this size (helpers.routes.tile_vae_decode)."""
+VAE_TILE_OVERLAP = 0.25
+"""diffusers' `tile_overlap_factor` for AutoencoderKL: neighbouring tiles share a quarter of a tile."""
 ATTENTION_KINDS = ("fused", "math", "bounded")
 CONVOLUTION_KINDS = ("cudnn", "im2col")
 OFFLOAD_MODES = (None, "model", "sequential", "group", "embeddings-once")
@@ -93,7 +99,15 @@ STRATEGIES = {
     "nf4-no-t5": Strategy("transformer in NF4, T5 dropped, the rest on the GPU", quantize="nf4", t5="drop"),
     "embeddings-once": Strategy("prompt encoded first, text encoders freed, then transformer and VAE",
                                 offload="embeddings-once"),
+    "nf4-t5-nf4-embeddings-once": Strategy("transformer and T5 in NF4; prompt encoded first, text encoders freed, "
+                                           "then transformer and VAE", quantize="nf4", t5="nf4",
+                                           offload="embeddings-once"),
 }
+LOW_MEMORY_LARGE = "nf4-t5-nf4-embeddings-once"
+"""The route for Large in at most 11 GB of GPU memory without offload, keeping T5 (the seed's low-memory goal):
+with the text encoders on the GPU while the transformer runs, nf4-t5-nf4 needs 11.5 GB at the denoising stage
+alone, so tiling the decode cannot bring it under 11 GB; freeing the encoders once the prompt is encoded can.
+Estimated only: gpu_check's low-memory-large measures it."""
 
 
 def strategy_named(options: dict) -> str | None:
@@ -163,6 +177,17 @@ def breakdown(model: str, component: str) -> Breakdown:
     return breakdown_module(component, meta_component(model, component))
 
 
+@cache
+def tiled_decode_pixels(size: int, tile: int = VAE_TILE) -> int:
+    """Pixels the VAE decodes for one `size` x `size` picture in `tile`-pixel tiles, as diffusers' `tiled_decode`
+    steps: a tile starts every (1 - VAE_TILE_OVERLAP) of a tile, and the last ones are cut at the edge. At 1024 with
+    512-pixel tiles: 1280 x 1280, 1.56 times the picture (the decode's time grows alike)."""
+    latent, tile_latent = size // 8, tile // 8
+    step = int(tile_latent * (1 - VAE_TILE_OVERLAP))
+    side = sum(min(tile_latent, latent - start) for start in range(0, latent, step)) * 8
+    return side * side
+
+
 @dataclass(frozen=True)
 class Activations:
     """Estimated working memory (bytes) of each stage, for one image of `size` x `size` with CFG."""
@@ -202,9 +227,9 @@ def im2col_bytes(size: int, bytes_per_value: int = 2) -> int:
 
 
 @checked(model=full_size_model, size=side, max_sequence_length=check_max_sequence_length,
-         attention=one_of(*ATTENTION_KINDS), convolutions=one_of(*CONVOLUTION_KINDS))
+         attention=one_of(*ATTENTION_KINDS), convolutions=one_of(*CONVOLUTION_KINDS), vae_tiling=flag)
 def activations(model: str, size: int = 1024, max_sequence_length: int = 256, attention: str = "fused",
-                convolutions: str = "cudnn") -> Activations:
+                convolutions: str = "cudnn", vae_tiling: bool = False) -> Activations:
     """Estimate each stage's live activations from tensor shapes.
 
     - Denoising: one transformer block holds about 15 tensors of tokens x hidden size (residual stream, norms,
@@ -214,7 +239,9 @@ def activations(model: str, size: int = 1024, max_sequence_length: int = 256, at
       of queries at a time.
     - VAE decode: VAE_DECODE_BYTES_PER_PIXEL, measured with cuDNN; with `convolutions='im2col'` (bf16 below compute
       capability 8.0) the largest column buffer comes on top (`im2col_bytes`, inferred from PyTorch's source, not
-      measured).
+      measured). With `vae_tiling` (tiles of VAE_TILE pixels, where the picture is larger) the same figures hold for
+      one tile, and the decoded tiles (3 channels, 16 bits, `tiled_decode_pixels`) are kept until they are blended,
+      twice over while the rows are joined: an estimate from diffusers' `tiled_decode`, not yet measured.
     - Text encoding: T5's feed-forward (3 tensors of tokens x d_ff), batch 2.
     """
     from helpers.architecture import reference_config
@@ -234,11 +261,14 @@ def activations(model: str, size: int = 1024, max_sequence_length: int = 256, at
     if attention != "fused":
         queries = tokens if attention == "math" else min(tokens, QUERY_CHUNK)
         denoising += MATH_ATTENTION_BYTES_PER_SCORE * batch * transformer["num_attention_heads"] * queries * tokens
-    vae_decode = VAE_DECODE_BYTES_PER_PIXEL * size * size
+    decoded = min(size, VAE_TILE) if vae_tiling else size  # the side of one decode
+    vae_decode = VAE_DECODE_BYTES_PER_PIXEL * decoded * decoded
+    if vae_tiling and decoded < size:
+        vae_decode += 2 * 3 * bytes_per_value * tiled_decode_pixels(size)
     if convolutions == "im2col":
-        vae_decode += im2col_bytes(size)
+        vae_decode += im2col_bytes(decoded)
     if attention != "fused":  # the VAE's own attention: one head over every latent pixel, batch 1
-        latent_pixels = (size // 8) ** 2
+        latent_pixels = (decoded // 8) ** 2
         queries = latent_pixels if attention == "math" else min(latent_pixels, QUERY_CHUNK)
         vae_decode += MATH_ATTENTION_BYTES_PER_SCORE * queries * latent_pixels
     text = batch * 3 * (77 + max_sequence_length) * t5["d_ff"] * bytes_per_value
@@ -345,14 +375,14 @@ def _buffer_bytes(model: str) -> int:
 
 
 @checked(model=full_size_model, strategy=strategy_rule, size=side, attention=one_of(*ATTENTION_KINDS),
-         dtype=DTYPE, convolutions=one_of(*CONVOLUTION_KINDS))
+         dtype=DTYPE, convolutions=one_of(*CONVOLUTION_KINDS), vae_tiling=flag)
 def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: str = "fused",
-             dtype: str = "bfloat16", convolutions: str = "cudnn") -> Estimate:
+             dtype: str = "bfloat16", convolutions: str = "cudnn", vae_tiling: bool = False) -> Estimate:
     """Estimated peak GPU memory and host memory of `model` loaded with `strategy` (a name in STRATEGIES) at
     `size` x `size` in `dtype`, one image with classifier-free guidance. `attention`: 'fused' (a fused kernel for
     the dtype), 'bounded' (what the helpers run where there is none), or 'math' (PyTorch's own fallback);
     `convolutions`: 'cudnn' or 'im2col' (bf16 below compute capability 8.0). `estimate_on` takes both from a
-    machine."""
+    machine. `vae_tiling`: the VAE decodes in VAE_TILE-pixel tiles."""
     spec = get_model(model)
     if isinstance(strategy, str):
         name, strategy = strategy, STRATEGIES[strategy]
@@ -360,7 +390,7 @@ def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: 
         name = strategy_named({"quantize": strategy.quantize, "t5": strategy.t5, "offload": strategy.offload}) or "custom"
     if strategy.offload not in OFFLOAD_MODES:
         raise ValueError(f"offload={strategy.offload!r} is not an offload mode: {', '.join(map(str, OFFLOAD_MODES))}.")
-    act = activations(spec.name, size, attention=attention, convolutions=convolutions)
+    act = activations(spec.name, size, attention=attention, convolutions=convolutions, vae_tiling=vae_tiling)
     w = weights(spec.name, strategy, dtype)
     text = [part for part in ("text_encoder", "text_encoder_2", "text_encoder_3") if w[part]]
     if strategy.offload is None:
@@ -395,13 +425,12 @@ def estimate(model: str, strategy: str | Strategy, size: int = 1024, attention: 
     )
 
 
-def kernels(machine: Machine, dtype: str | None = None, vae_tiling: bool = False) -> dict[str, str]:
+def kernels(machine: Machine, dtype: str | None = None) -> dict[str, str]:
     """The attention and convolution kinds a machine runs in `dtype` (default: the dtype it computes in), with the
-    helpers' bounded attention where it has no fused kernel. VAE tiling decodes in tiles, whose column buffers are
-    small: cuDNN's figure then stands."""
+    helpers' bounded attention where it has no fused kernel."""
     dtype = dtype or machine.dtype
     return {"attention": "fused" if machine.fused_attention(dtype) else "bounded",
-            "convolutions": "cudnn" if machine.cudnn_convolutions(dtype) or vae_tiling else "im2col"}
+            "convolutions": "cudnn" if machine.cudnn_convolutions(dtype) else "im2col"}
 
 
 @checked(model=full_size_model, strategy=strategy_rule, machine=machine_rule, size=side, dtype=optional(DTYPE),
@@ -411,7 +440,7 @@ def estimate_on(model: str, strategy: str | Strategy, machine: str | Machine, si
     """`estimate` with the dtype and kernels of `machine` (a name in helpers.machines.MACHINES, or a Machine)."""
     machine = get_machine(machine)
     dtype = dtype or machine.dtype
-    return estimate(model, strategy, size, dtype=dtype, **kernels(machine, dtype, vae_tiling))
+    return estimate(model, strategy, size, dtype=dtype, vae_tiling=vae_tiling, **kernels(machine, dtype))
 
 
 def fits(peak_gb: float, gpu_gb: float) -> bool:
@@ -446,9 +475,17 @@ def load_options(strategy: str | Strategy) -> dict[str, str | None]:
 
 
 def routes_that_fit(model: str, machine: str | Machine, size: int = 1024, dtype: str | None = None) -> list[str]:
-    """The strategies `load_pipeline` can load that fit `machine`, in the order of STRATEGIES."""
+    """The strategies `load_pipeline` can load that fit `machine`, in the order of STRATEGIES: as they are, or with
+    the VAE decoding in tiles, which a route turns on where only that fits (`needs_tiles` says which)."""
     return [name for name, strategy in STRATEGIES.items()
-            if strategy.offload != "embeddings-once" and fits_machine(model, name, machine, size, dtype)]
+            if strategy.offload != "embeddings-once" and any(fits_machine(model, name, machine, size, dtype, tiles)
+                                                            for tiles in (False, True))]
+
+
+def needs_tiles(model: str, strategy: str, machine: str | Machine, size: int = 1024, dtype: str | None = None) -> bool:
+    """Whether `strategy` fits `machine` only with the VAE decoding in tiles."""
+    return not fits_machine(model, strategy, machine, size, dtype) and fits_machine(model, strategy, machine, size,
+                                                                                   dtype, True)
 
 
 @checked(model=full_size_model, size=side, machines=optional(machines_rule))
@@ -609,11 +646,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n'fits': estimated GPU peak + {RESERVE_GB} GB <= the GPU's memory and, where the RAM is known, estimated "
           f"host memory + {HOST_RESERVE_GB} GB <= the RAM, each machine in the dtype it computes in (float16 below "
           "compute capability 8.0) with the attention and convolutions it has for it. Peaks above are for bf16 with "
-          "fused attention. Estimates: weights are exact, working and host memory are calibrated on an H100 "
-          "(helpers/memory.py).")
+          "fused attention, the VAE decoding whole (a route tiles it where only that fits). Estimates: weights are "
+          "exact, working and host memory are calibrated on an H100 (helpers/memory.py).")
     if len(machines) == 1:
         (machine,) = machines.values()
-        fitting = [row["strategy"] for row in rows if all(row["fits"].values())]
+        fitting = [name + (" (with VAE tiles)" if needs_tiles(args.model, name, machine, args.size) else "")
+                   for name in routes_that_fit(args.model, machine, args.size)]
         print(f"{machine.name} computes in {machine.dtype}. Fits: "
               + (", ".join(fitting) if fitting else "nothing: try a smaller --size or another model."))
         from helpers.routes import plan_route

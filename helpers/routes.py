@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from helpers.checks import checked, optional, shown, side
 from helpers.machines import MACHINES, Machine, emulated_machine, get_machine, live_machine, machine_rule
+from helpers.memory import VAE_TILE
 from helpers.models import ModelSpec, get_model, model_spec
 from helpers.speed import Speedups, combination_refusal, machine_refusal, speedups_rule
 from helpers.speed import not_run_here as speed_not_run_here
@@ -34,10 +35,6 @@ AUTO_ROUTES = ("gpu", "model-offload", "t5-int8", "t5-nf4", "nf4", "nf4-model-of
 then 8- and 4-bit weights, T5 dropped last (weaker prompt following). Sequential and group offload are never
 chosen for you: they copy every weight to the GPU at every step."""
 
-VAE_TILE = 512
-"""Pixels per side of a VAE tile when a route tiles the decode. diffusers' own default tile for SD3's VAE is its
-`sample_size`, 1024 (`AutoencoderKL.tile_sample_min_size`), so `enable_tiling()` alone never tiles a 1024x1024
-decode; the route sets the tile to this size."""
 
 H100_OFFLOAD_GB_PER_S = 2.2
 """What model offload moved per second on the H100 machine: 32.1 GB per image in 14.4 s (benchmarks/RESULTS.md)."""
@@ -127,8 +124,10 @@ class Route:
         """What this route costs besides memory, with how strong the figure is."""
         parts = []
         if self.machine is not None and self.dtype == "float16":
-            parts.append(f"float16: the {self.machine.gpu} has no bf16 tensor cores, so the series computes in "
-                         "float16 (pictures differ slightly from bf16; a NaN check stops overflow)")
+            why = (f"the {self.machine.gpu} has no bf16 tensor cores, so the series computes in float16"
+                   if self.machine.dtype == "float16" else
+                   f"float16 as asked (the {self.machine.gpu} would compute in {self.machine.dtype})")
+            parts.append(f"float16: {why} (pictures differ slightly from bf16; a NaN check stops overflow)")
         if self.strategy in ("model-offload", "nf4-model-offload") and not get_model(self.model).is_stand_in:
             from helpers.memory import offload_traffic_gb
 

@@ -151,6 +151,10 @@ def machine_refusal(speed: Speedups, *, machine, dtype: str, emulated: bool) -> 
             capability = ".".join(map(str, machine.compute_capability))
             return (f"fp8=True on the {machine.gpu} (compute capability {capability}): FP8 tensor cores need 8.9 or "
                     "more (an L4, an H100). Leave fp8 out on this GPU")
+        if dtype != "bfloat16":
+            return (f"fp8=True in {dtype}: torchao's float8 with one scale per row quantizes bfloat16 weights only "
+                    "(an assertion in torchao/quantization/quant_api.py). Leave the dtype to the route (bfloat16 on "
+                    "FP8 GPUs), or leave fp8 out")
         if not emulated and not torchao_installed():
             return "fp8=True without torchao installed: `pip install torchao` (or `pip install .[fast]`), then load again"
     kernel = speed.attention_kernel
@@ -215,7 +219,6 @@ def speed_up(pipe, speed: Speedups, *, run_everything: bool = True) -> SpeedRepo
     """Apply the rungs of `speed` to `pipe`, in this order: FP8 layers, the attention kernel, the attention cache,
     then compiling (which must see the final modules). With `run_everything=False` (an emulated route), the rungs
     that need a GPU are recorded as skipped. Compiling is lazy: the first picture compiles."""
-    import torch
 
     report = SpeedReport(speed, [], not_run_here(speed, not run_everything))
     transformer = pipe.transformer
@@ -236,21 +239,58 @@ def speed_up(pipe, speed: Speedups, *, run_everything: bool = True) -> SpeedRepo
         transformer.compile(fullgraph=True, dynamic=False)
         report.applied.append("full compile of the transformer")
     if speed.compile_vae:
-        decoder = pipe.vae.decoder
-        decoder.to(memory_format=torch.channels_last)
-        # its forward only: the route's NaN check hooks the decoder, and a check that branches on a value cannot
-        # be part of a full graph
-        decoder.forward = torch.compile(decoder.forward, fullgraph=True, dynamic=False)
-        report.applied.append("VAE decoder channels-last, compiled")
+        compile_vae_decoder(pipe.vae.decoder, report)
     _reports[pipe] = report
     return report
 
 
+VAE_COMPILED = "VAE decoder channels-last, compiled"
+
+
+def compile_vae_decoder(decoder, report: SpeedReport | None = None) -> None:
+    """Compile the VAE decoder's forward, in channels-last memory format. Compiling happens at the first decode; if
+    it fails there (no C++ compiler, an operation inductor cannot lower), the decoder is put back as it was (its
+    own forward, the default memory format) before the error is raised, so the calls after it decode uncompiled
+    instead of failing again."""
+    import torch
+    from torch._dynamo.exc import TorchDynamoException
+
+    decoder.to(memory_format=torch.channels_last)
+    # its forward only: the route's NaN check hooks the decoder, and a check that branches on a value cannot be part
+    # of a full graph
+    compiled = torch.compile(decoder.forward, fullgraph=True, dynamic=False)
+
+    def forward(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except TorchDynamoException as error:
+            del decoder.forward  # the class's own forward again
+            decoder.to(memory_format=torch.contiguous_format)
+            if report is not None and VAE_COMPILED in report.applied:
+                report.applied.remove(VAE_COMPILED)
+            raise RuntimeError(f"Compiling the VAE decoder failed ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0][:300]}). The decoder runs uncompiled again: call the "
+                               "pipeline again, or leave compile_vae out.") from error
+
+    decoder.forward = forward
+    if report is not None:
+        report.applied.append(VAE_COMPILED)
+
+
+def fp8_config():
+    """torchao's dynamic float8 for the transformer's linear layers, one scale per row. `set_inductor_config=False`:
+    torchao's default turns on coordinate-descent autotuning in inductor for the whole process, which makes every
+    later compile slower (torchao/quantization/utils.py, `recommended_inductor_config_setter`)."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+
+
 def quantize_fp8(transformer) -> None:
     """The transformer's linear layers in float8, activations scaled per row at run time (torchao)."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    from torchao.quantization import quantize_
 
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    quantize_(transformer, fp8_config())
 
 
 def use_attention_kernel(transformer, kernel: str | None) -> None:

@@ -209,10 +209,67 @@ def test_bounded_attention_keeps_attention_scores_small():
 def test_memory_command_names_what_fits_a_free_colab_t4(capsys):
     assert main(["--model", "large", "--machine", "colab-t4"]) == 0
     output = capsys.readouterr().out
-    assert "colab-t4 computes in float16. Fits: nf4-no-t5" in output
-    assert "load_pipeline takes: nf4-no-t5" in output and "host (GB)" in output
+    assert "colab-t4 computes in float16. Fits: nf4-t5-nf4 (with VAE tiles), nf4-no-t5" in output
+    assert "load_pipeline takes: nf4-t5-nf4 (float16, transformer NF4, T5 NF4, fused attention, VAE tiles)" in output
+    assert "host (GB)" in output
     assert main(["--model", "large", "--gpu-gb", "15.8", "--host-gb", "12.7", "--compute-capability", "7.5"]) == 0
-    assert "computes in float16. Fits: nf4-no-t5" in capsys.readouterr().out
+    assert "computes in float16. Fits: nf4-t5-nf4 (with VAE tiles), nf4-no-t5" in capsys.readouterr().out
+
+
+def test_a_tiled_decode_decodes_the_pixels_the_estimate_counts():
+    """diffusers' tiled decode, run on the stand-in's VAE with the route's tiles at 1024x1024: the pixels its
+    decoder makes, tile by tile, are those `tiled_decode_pixels` counts (1280 x 1280, overlaps included)."""
+    from helpers.loading import load_pipeline
+    from helpers.memory import VAE_TILE, tiled_decode_pixels
+    from helpers.routes import tile_vae_decode
+
+    vae = load_pipeline("tiny").vae
+    tile_vae_decode(vae)
+    decoded = []
+    vae.decoder.register_forward_hook(lambda module, args, output: decoded.append(output.shape[-2] * output.shape[-1]))
+    with torch.no_grad():
+        picture = vae.decode(torch.zeros(1, vae.config.latent_channels, 128, 128)).sample
+    assert picture.shape[-2:] == (1024, 1024) and max(decoded) == VAE_TILE ** 2
+    assert sum(decoded) == tiled_decode_pixels(1024) == 1280 ** 2
+
+
+def test_a_tiled_decode_needs_one_tiles_working_memory_and_the_tiles_it_keeps():
+    from helpers.memory import VAE_DECODE_BYTES_PER_PIXEL, VAE_TILE, activations, tiled_decode_pixels
+
+    whole, tiled = (activations("large", 1024, vae_tiling=tiling).vae_decode for tiling in (False, True))
+    assert whole == VAE_DECODE_BYTES_PER_PIXEL * 1024 ** 2
+    assert tiled == VAE_DECODE_BYTES_PER_PIXEL * VAE_TILE ** 2 + 2 * 3 * 2 * tiled_decode_pixels(1024)
+    assert activations("large", 512, vae_tiling=True) == activations("large", 512)  # one tile: nothing changes
+    bf16_t4 = [activations("large", 1024, convolutions="im2col", vae_tiling=tiling).vae_decode for tiling in (False, True)]
+    assert bf16_t4[1] < bf16_t4[0] - 2e9  # the column buffers shrink with the tile too
+
+
+def test_the_low_memory_large_route_meets_11_gb_and_nothing_less_does():
+    """The seed's goal, Large with T5 in at most 11 GB without offload: with the text encoders on the GPU while the
+    transformer runs, NF4 for both is above it even with a tiled decode (the denoising stage alone), so the route
+    frees them once the prompt is encoded."""
+    from helpers.memory import LOW_MEMORY_LARGE, STRATEGIES
+
+    for tiling in (False, True):
+        assert estimate("large", "nf4-t5-nf4", vae_tiling=tiling).peak_gb > 11
+    low = estimate("large", LOW_MEMORY_LARGE)
+    assert low.peak_gb <= 11 and STRATEGIES[LOW_MEMORY_LARGE].t5 == "nf4"
+    assert estimate("large", LOW_MEMORY_LARGE, vae_tiling=True).peak_gb < low.peak_gb
+
+
+def test_free_colab_routes_use_the_tiled_decode_and_keep_t5():
+    """On the free Colab T4 the tiled decode is what lets both models keep T5 (in NF4) on the GPU, within the T4's
+    memory less the reserve."""
+    from helpers.machines import get_machine
+    from helpers.memory import RESERVE_GB, estimate_on
+    from helpers.routes import plan_route
+
+    t4 = get_machine("colab-t4")
+    for model, strategy in (("large", "nf4-t5-nf4"), ("medium", "t5-nf4")):
+        route = plan_route(model, machine=t4)
+        assert (route.strategy, route.t5, route.vae_tiling) == (strategy, "nf4", True)
+        assert estimate_on(model, strategy, t4, vae_tiling=True).peak_gb + RESERVE_GB <= t4.gpu_gb
+        assert estimate_on(model, strategy, t4).peak_gb + RESERVE_GB > t4.gpu_gb  # whole, it would not fit
 
 
 def test_float16_counts_t5s_float32_feed_forward_outputs():

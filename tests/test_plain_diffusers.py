@@ -76,7 +76,10 @@ def test_notebook_02s_nf4_code_gives_load_pipelines_pixels(machine):
     found = run_cells("02_nf4_quantization_and_offload.ipynb", "BitsAndBytesConfig(**nf4)")
     run, route, pipe = found["run"], found["route"], found["pipe"]
     assert count_4bit_layers(pipe.transformer) > 0 and pipe.dtype == route.torch_dtype
-    assert (pipe.text_encoder_3 is None) == (route.t5 == "drop") == (machine == "colab-t4")
+    assert (pipe.text_encoder_3 is None) == (route.t5 == "drop")
+    assert (route.t5 == "nf4") == pipe.vae.use_tiling == route.vae_tiling == (machine == "colab-t4")
+    if route.vae_tiling:  # as load_pipeline tiles it
+        assert (pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size) == (512, 64)
     assert np.array_equal(picture(pipe), picture(load_pipeline(run.model, quantize="nf4")))
 
 

@@ -92,8 +92,8 @@ def test_auto_on_a_16_gb_gpu_takes_the_routes_that_fit():
 def test_auto_on_free_colab_takes_the_4_bit_routes_that_fit_its_ram_in_float16():
     models, notes = _choose_models(ABOUT_ALL, "auto", MACHINES["colab-t4"])
     assert models == ABOUT_ALL and notes == []
-    assert plan_route("large", machine="colab-t4").strategy == "nf4-no-t5"
-    assert plan_route("medium", machine="colab-t4").strategy == "nf4-t5-nf4"
+    assert plan_route("large", machine="colab-t4").strategy == "nf4-t5-nf4"  # with the decode in tiles
+    assert plan_route("medium", machine="colab-t4").strategy == "t5-nf4"
 
 
 def test_auto_falls_back_to_medium_when_nothing_the_notebook_wants_fits():
@@ -117,12 +117,13 @@ def test_an_explicit_setting_wins_over_the_notebook():
         ("large", "sagemaker-g5-2xlarge", {}, "nf4"),  # model offload would keep 27.6 GB of weights in 34.4 GB
         ("large", "sagemaker-g5-xlarge", {"quantize": "nf4", "t5": "nf4"}, "nf4-t5-nf4"),
         ("large", "colab-t4", {"quantize": "nf4", "offload": "model"}, None),  # the seed's route: RAM too small
-        ("large", "colab-t4", {"quantize": "nf4"}, "nf4-no-t5"),
+        ("large", "colab-t4", {"quantize": "nf4"}, "nf4-t5-nf4"),  # with the decode in tiles
+        ("large", "colab-t4", {"quantize": "nf4", "t5": "drop"}, "nf4-no-t5"),
         ("large", "colab-t4", {"quantize": None}, None),
         ("medium", "sagemaker-g5-xlarge", {}, "gpu"),
         ("medium", gpu(15.8), {}, "model-offload"),
-        ("medium", "colab-t4", {"quantize": None}, "no-t5"),
-        ("medium", "colab-t4", {"quantize": None, "t5": "nf4"}, None),
+        ("medium", "colab-t4", {"quantize": None}, "t5-nf4"),  # with the decode in tiles
+        ("medium", "colab-t4", {"quantize": None, "t5": "nf4"}, "t5-nf4"),
         ("medium", "colab-t4", {"t5": "drop"}, "no-t5"),
         ("medium", "colab-t4", {"dtype": "bfloat16", "t5": "nf4"}, "t5-nf4"),  # with the decode in tiles
         ("tiny", gpu(1), {}, None),  # an offline model fits anything: no strategy needed
@@ -141,7 +142,7 @@ def test_routes_take_the_first_that_fits_and_keep_what_was_asked(model, machine,
 
 def test_a_t4_computes_in_float16_and_a_bf16_t4_route_bounds_attention_and_tiles_the_decode():
     fp16 = plan_route("large", machine="colab-t4")
-    assert (fp16.dtype, fp16.attention, fp16.vae_tiling) == ("float16", "fused", False)
+    assert (fp16.dtype, fp16.attention, fp16.vae_tiling) == ("float16", "fused", True)  # T5 kept, in NF4
     bf16 = plan_route("medium", machine="colab-t4", dtype="bfloat16")
     assert (bf16.dtype, bf16.attention) == ("bfloat16", "bounded")
     assert plan_route("large", machine="h100").dtype == "bfloat16"
@@ -162,7 +163,7 @@ def test_setup_plans_as_the_emulated_machine(monkeypatch, capsys):
     assert run.dtype == torch.float16 and run.device == "cpu" and run.emulated
     assert [spec.plays for spec in run.models] == ["large", "medium"] and run.model.is_toy
     assert "colab-t4: free Colab: NVIDIA T4" in report and "emulated on this CPU" in report
-    assert "nf4-no-t5 (float16, transformer NF4, no T5" in report
+    assert "nf4-t5-nf4 (float16, transformer NF4, T5 NF4, fused attention, VAE tiles" in report
     monkeypatch.setenv("SD35_MACHINE", "h100")
     run = setup(about="large", verbose=False)
     assert run.dtype == torch.bfloat16 and run.routes[0].strategy == "gpu"

@@ -91,6 +91,65 @@ def test_what_needs_a_gpu_is_refused_here_and_planned_for_a_machine_that_has_it(
     assert "FP8 transformer" in h100.report() and "cudnn attention kernel" in h100.describe()
 
 
+def test_fp8_in_float16_is_refused_with_the_reason_and_float16_is_not_blamed_on_the_gpu():
+    """An H100 asked for float16: the route says float16 was asked (an H100 has bf16 tensor cores), and FP8 on it is
+    refused before loading, since torchao's per-row float8 quantizes bfloat16 weights only."""
+    with pytest.raises(ValueError, match="fp8=True in float16: torchao's float8 with one scale per row quantizes "
+                                         "bfloat16 weights only"):
+        load_pipeline("tiny", dtype=torch.float16, speed={"fp8": True}, machine="h100")
+    asked = plan_route("tiny", machine="h100", dtype=torch.float16).cost()
+    assert "float16 as asked (the NVIDIA H100 80GB HBM3 would compute in bfloat16)" in asked
+    assert "no bf16 tensor cores" not in asked
+    assert "the NVIDIA T4 has no bf16 tensor cores" in plan_route("tiny", machine="colab-t4").cost()
+    assert plan_route("tiny", machine="h100", speed={"fp8": True}).dtype == "bfloat16"  # the route's own dtype: planned
+
+
+def test_a_full_compile_is_timed_stage_by_stage():
+    """`compile='full'` (the README's `--compile full`) under helpers.bench's timing: the stage clocks time the
+    compiled transformer from outside its graph (a clock read inside a full graph stops the compile). One compile,
+    about 25 s here."""
+    from helpers.bench import benchmark
+
+    pipe = load_pipeline("tiny", speed={"compile": "full"})
+    result = benchmark(pipe, model="tiny", steps=2, size=64, guidance_scale=4.5, runs=1, warmup=1, progress=False)
+    assert result.graphs_compiled >= 1 and result.recompiles == 0
+    assert result.stages["denoising"] > 0 and result.stages["VAE decode"] > 0
+    assert pipe.transformer._compiled_call_impl is not None  # put back after timing, still compiled
+    assert not any(pipe.transformer._forward_pre_hooks.values())
+
+
+def test_a_vae_compile_that_fails_leaves_the_decoder_as_it_was():
+    """Compiling fails for real here (inductor pointed at a C++ compiler that does not exist, as on a machine
+    without one): the call says so and what to do, and the decoder is uncompiled again, so the next call decodes
+    the same picture as a pipeline never compiled."""
+    import torch._inductor.config as inductor
+
+    pipe = load_pipeline("tiny", speed={"compile_vae": True})
+    decoder = pipe.vae.decoder
+    assert "forward" in vars(decoder) and "VAE decoder channels-last, compiled" in speed_report(pipe).applied
+    with inductor.patch({"cpp.cxx": (None, "/nonexistent/g++")}), \
+            pytest.raises(RuntimeError, match="Compiling the VAE decoder failed .*The decoder runs uncompiled again"):
+        picture(pipe)
+    assert "forward" not in vars(decoder) and decoder.conv_in.weight.is_contiguous()
+    assert "VAE decoder channels-last, compiled" not in speed_report(pipe).applied
+    np.testing.assert_array_equal(picture(pipe), picture(load_pipeline("tiny")))
+
+
+def test_fp8_leaves_inductor_settings_as_they_were():
+    """torchao's float8 config turns on coordinate-descent autotuning for the whole process unless told not to,
+    which slows every later compile. On a CPU torchao then refuses float8 (its hardware check), after that point.
+    Runs where torchao is installed (`pip install .[fast]`); CI's environment leaves it out."""
+    pytest.importorskip("torchao")
+    import torch._inductor.config as inductor
+
+    from helpers.speed import quantize_fp8
+
+    before = inductor.coordinate_descent_tuning
+    with pytest.raises(AssertionError, match="Float8 dynamic quantization requires"):
+        quantize_fp8(load_pipeline("tiny", dtype=torch.bfloat16).transformer)
+    assert inductor.coordinate_descent_tuning == before
+
+
 @pytest.mark.parametrize(("speed", "message"), [
     ({"compil": "regional"}, "speed has no setting 'compil'"),
     ({"compile": "max-autotune"}, "speed compile='max-autotune' is not a choice"),

@@ -396,7 +396,7 @@ def check_medium(recorder: Recorder) -> None:
     guidance = get_model("medium").guidance_scale
     with recorder.case("build on the GPU") as record:
         pipe = _full_size("medium")
-        record["weights_gb"] = round(_allocated_gb(), 2)
+        record["weights_gb"] = _allocated_gb()
     with recorder.case("bf16 on the GPU", model="medium") as record:
         _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=guidance, runs=3, warmup=1),
                   _estimate("medium", "gpu"))
@@ -413,17 +413,18 @@ def check_medium(recorder: Recorder) -> None:
         _measured(record, measure(pipe, steps=MEMORY_STEPS, size=SIZE, guidance_scale=guidance, runs=1, warmup=1),
                   _estimate("medium", "gpu", "bounded"))
     with recorder.case("freeing a pipeline that has run") as record:
-        record["allocated_gb"] = round(_allocated_gb(), 2)
+        record["allocated_gb"] = _allocated_gb()
         del pipe
-        record["after_del_gb"] = round(_allocated_gb(), 2)
+        record["after_del_gb"] = _allocated_gb()
         gc.collect()
-        record["after_gc_collect_gb"] = round(_allocated_gb(), 2)
+        record["after_gc_collect_gb"] = _allocated_gb()
 
 
-def _allocated_gb() -> float:
+def _allocated_gb() -> float | None:
+    """GB the GPU holds for PyTorch's tensors now (None without a GPU)."""
     import torch
 
-    return torch.cuda.memory_allocated() / 1e9
+    return round(torch.cuda.memory_allocated() / 1e9, 2) if torch.cuda.is_available() else None
 
 
 def check_large(recorder: Recorder) -> None:
@@ -433,7 +434,7 @@ def check_large(recorder: Recorder) -> None:
     large, turbo = get_model("large"), get_model("large-turbo")
     with recorder.case("build on the GPU") as record:
         pipe = _full_size("large")
-        record["weights_gb"] = round(_allocated_gb(), 2)
+        record["weights_gb"] = _allocated_gb()
     with recorder.case("bf16 on the GPU", model="large") as record:
         _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=large.guidance_scale, runs=2,
                                   warmup=1), _estimate("large", "gpu"))
@@ -447,13 +448,13 @@ def check_large(recorder: Recorder) -> None:
     with recorder.case("NF4 transformer on the GPU", model="large") as record:
         quantize_linear_layers_nf4(pipe.transformer, compute_dtype=pipe.dtype)
         _free_memory()
-        record["weights_gb"] = round(_allocated_gb(), 2)
+        record["weights_gb"] = _allocated_gb()
         _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=large.guidance_scale, runs=2,
                                   warmup=1), _estimate("large", "nf4"))
     with recorder.case("NF4 transformer, T5 dropped", model="large") as record:
         pipe.register_modules(text_encoder_3=None, tokenizer_3=None)
         _free_memory()
-        record["weights_gb"] = round(_allocated_gb(), 2)
+        record["weights_gb"] = _allocated_gb()
         _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=large.guidance_scale, runs=2,
                                   warmup=1), _estimate("large", "nf4-no-t5"))
 
@@ -465,7 +466,7 @@ def _offload_check(model: str, offload: str, strategy: str, *, nf4: bool = False
         with recorder.case("build, move to CPU memory, offload") as record:
             pipe = _full_size(model, offload=offload, quantize="nf4" if nf4 else None)
             record["host_rss_gb"] = round(_rss_bytes() / 1e9, 2)
-            record["gpu_allocated_gb"] = round(_allocated_gb(), 2)
+            record["gpu_allocated_gb"] = _allocated_gb()
         with recorder.case(f"{offload} offload", model=model) as record:
             _measured(record, measure(pipe, steps=steps, size=SIZE, guidance_scale=get_model(model).guidance_scale,
                                       runs=1, warmup=1), _estimate(model, strategy))
@@ -581,7 +582,7 @@ def check_lora_training(recorder: Recorder) -> None:
             pipe = _full_size(model)
             pipe.register_modules(text_encoder=None, text_encoder_2=None, text_encoder_3=None, vae=None)
             _free_memory()
-            record["weights_gb"] = round(_allocated_gb(), 2)
+            record["weights_gb"] = _allocated_gb()
         if pipe is None:
             continue
         for recipe in ("lora", "lora-checkpointing", "qlora"):
@@ -607,7 +608,6 @@ LEASE_RUNGS = ("bf16 eager", "regional compile + VAE compile", "regional compile
 """The rungs `--lease` measures: what no GPU has measured yet, in the fewest compiles."""
 TURBO = {"large": "large-turbo"}
 """The model whose settings (steps, guidance) each ladder also measures on its fastest rung."""
-LADDER_PROMPT = "A group of elves hunting a dragon, 4k cinema"
 
 
 def _ladder_speeds():
@@ -634,7 +634,7 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
     import torch
     from diffusers import StableDiffusion3Pipeline
 
-    from helpers.bench import benchmark
+    from helpers.bench import PROMPT, benchmark
     from helpers.models import get_model
     from helpers.routes import build_pipeline, plan_route
     from helpers.speed import (
@@ -682,7 +682,7 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
         result = benchmark(pipe, model=call_model, weights="stand-in" if spec.is_stand_in else "random",
                            steps=call_steps, size=size, guidance_scale=guidance, runs=runs, warmup=1,
                            progress=False, options={"rung": label},
-                           inputs={"prompt": LADDER_PROMPT, "output_type": "np"},
+                           inputs={"prompt": PROMPT, "output_type": "np"},
                            on_output=lambda output: pictures.append(output.images[0]))
         record.update(median_s=round(result.median, 4), runs_s=[round(value, 4) for value in result.runs],
                       stages={stage: round(value, 4) for stage, value in result.stages.items()},
@@ -739,45 +739,55 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
                  settings.guidance_scale, "Turbo")
 
 
-def check_low_memory(recorder: Recorder) -> None:
+def check_low_memory(recorder: Recorder, *, stand_in: bool = False) -> None:
     """Large with an NF4 transformer and an NF4 T5, all on the GPU, toward the seed's low-memory goal (at most 11 GB
     and 9 s without offload): as loaded (nf4-t5-nf4), then with the VAE decoding in tiles, then also with the text
     encoders freed once the prompt is encoded (helpers.memory.LOW_MEMORY_LARGE): there the encoding's peak is
-    measured apart and the pictures are made from the embeddings."""
+    measured apart and the pictures are made from the embeddings. With `stand_in` (no GPU) it runs on the stand-in
+    (64 px, 2 steps; no memory figures), for the tests."""
     import torch
 
     from helpers.bench import PROMPT
+    from helpers.loading import load_pipeline
     from helpers.memory import LOW_MEMORY_LARGE
     from helpers.models import get_model
     from helpers.routes import tile_vae_decode
 
-    large = get_model("large")
+    spec = get_model("tiny" if stand_in else "large")
+    model = spec.name
+    size, steps = (64, 2) if stand_in else (SIZE, STEPS)
+    guidance = get_model("large").guidance_scale
+    on_gpu = torch.cuda.is_available()
     with recorder.case("build: NF4 transformer, NF4 T5, on the GPU") as record:
-        pipe = _full_size("large", quantize="nf4", t5="nf4")
-        record["weights_gb"] = round(_allocated_gb(), 2)
-    with recorder.case("NF4 transformer and NF4 T5 on the GPU", model="large") as record:
-        _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=large.guidance_scale, runs=2,
-                                  warmup=1), _estimate("large", "nf4-t5-nf4"))
-    with recorder.case("NF4 transformer and NF4 T5, VAE decoded in tiles", model="large") as record:
+        pipe = (load_pipeline(spec, quantize="nf4", t5="nf4") if stand_in else
+                _full_size("large", quantize="nf4", t5="nf4"))
+        record["weights_gb"] = _allocated_gb()
+    with recorder.case("NF4 transformer and NF4 T5 on the GPU", model=model) as record:
+        _measured(record, measure(pipe, steps=steps, size=size, guidance_scale=guidance, runs=2, warmup=1),
+                  _estimate("large", "nf4-t5-nf4"))
+    with recorder.case("NF4 transformer and NF4 T5, VAE decoded in tiles", model=model) as record:
         tile_vae_decode(pipe.vae)
-        _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=large.guidance_scale, runs=1,
-                                  warmup=1), _estimate("large", "nf4-t5-nf4", vae_tiling=True))
-    with recorder.case("NF4, tiles, text encoders freed after encoding", model="large",
+        _measured(record, measure(pipe, steps=steps, size=size, guidance_scale=guidance, runs=1, warmup=1),
+                  _estimate("large", "nf4-t5-nf4", vae_tiling=True))
+    with recorder.case("NF4, tiles, text encoders freed after encoding", model=model,
                        strategy=LOW_MEMORY_LARGE) as record:
-        torch.cuda.reset_peak_memory_stats()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
             embeddings = pipe.encode_prompt(prompt=PROMPT, prompt_2=None, prompt_3=None, device=pipe._execution_device,
-                                            do_classifier_free_guidance=True)
-        record["encoding_peak_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+                                            do_classifier_free_guidance=True,
+                                            max_sequence_length=spec.max_sequence_length or 256)
+        record["encoding_peak_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2) if on_gpu else None
         pipe.register_modules(text_encoder=None, text_encoder_2=None, text_encoder_3=None)
         _free_memory()
-        record["weights_gb"] = round(_allocated_gb(), 2)
+        record["weights_gb"] = _allocated_gb()
         names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-        _measured(record, measure(pipe, steps=STEPS, size=SIZE, guidance_scale=large.guidance_scale, runs=1, warmup=1,
+        _measured(record, measure(pipe, steps=steps, size=size, guidance_scale=guidance, runs=1, warmup=1,
                                   prompt=None, **dict(zip(names, embeddings, strict=True))),
                   _estimate("large", LOW_MEMORY_LARGE, vae_tiling=True))
-        record["route_peak_gb"] = max(record["encoding_peak_gb"], record.get("gpu_peak_gb") or 0)
-        record["measured_over_estimate"] = round(record["route_peak_gb"] / record["estimate_gb"], 3)
+        if on_gpu:
+            record["route_peak_gb"] = max(record["encoding_peak_gb"], record["gpu_peak_gb"])
+            record["measured_over_estimate"] = round(record["route_peak_gb"] / record["estimate_gb"], 3)
 
 
 def _rss_bytes() -> int:
@@ -960,14 +970,18 @@ def plan(lease: bool = False, only: list[str] | None = None) -> tuple[str, ...]:
     return names
 
 
+def _check_budget(budget_s: object) -> None:
+    if not (isinstance(budget_s, (int, float)) and 0 < budget_s <= 86_400):
+        raise ValueError(f"budget_s={shown(budget_s)} must be a positive number of seconds up to a day, e.g. 360.")
+
+
 def run(budget_s: float, out: Path, only: list[str] | None = None, progress: bool = True, lease: bool = False,
         command: str | None = None) -> dict[str, Any]:
     """Run the planned checks in order within `budget_s` seconds, each only where its estimate fits the time left;
     write the report after every case, and return it."""
     import torch
 
-    if not (isinstance(budget_s, (int, float)) and 0 < budget_s <= 86_400):
-        raise ValueError(f"budget_s={shown(budget_s)} must be a positive number of seconds up to a day, e.g. 360.")
+    _check_budget(budget_s)
     names = plan(lease, only)
     out = output_folder(out, "--out")
     _check_reports_are_ours(out)
@@ -1072,8 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         names = plan(args.lease, args.only)
         if args.dry_run:
-            if not (budget > 0):
-                raise ValueError(f"--budget-s {budget:g}: give a positive number of seconds, e.g. 360.")
+            _check_budget(budget)
             print("\n".join(plan_lines(names, budget)))
             return 0
         report = run(budget, args.out, args.only, lease=args.lease, command=command)

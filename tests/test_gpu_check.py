@@ -232,3 +232,21 @@ def test_a_killed_run_keeps_every_finished_case_and_stops_its_check(tmp_path):
     time.sleep(3)
     assert (records.stat().st_size if records.exists() else 0) == grown
     assert os.path.exists(tmp_path / "gpu_check.md")
+
+
+def test_the_low_memory_check_runs_each_case_on_the_stand_in(tmp_path):
+    """The low-memory check's own code on the stand-in (64 px, 2 steps): NF4 transformer and T5, then the tiled
+    decode, then the text encoders freed after encoding and the pictures made from the embeddings; each case's
+    estimate is the full-size Large one it will be compared with on a GPU."""
+    from helpers.gpu_check import Recorder, check_low_memory
+    from helpers.memory import LOW_MEMORY_LARGE
+
+    records = tmp_path / "records.jsonl"
+    check_low_memory(Recorder(records), stand_in=True)
+    cases = [json.loads(line) for line in records.read_text().splitlines()]
+    assert [case["status"] for case in cases] == ["ok"] * 4, [case.get("error") for case in cases]
+    freed = cases[-1]
+    assert freed["strategy"] == freed["estimate_strategy"] == LOW_MEMORY_LARGE and freed["estimate_gb"] <= 11
+    assert freed["median_s"] > 0 and freed["encoding_peak_gb"] is None  # no GPU here: no memory figures
+    assert [case["estimate_strategy"] for case in cases[1:3]] == ["nf4-t5-nf4"] * 2
+    assert cases[2]["estimate_gb"] < cases[1]["estimate_gb"]  # the tiled decode

@@ -88,6 +88,7 @@ _EXPORTS = {
     "ImageToImageExplorer": "widgets",
     "InpaintingExplorer": "widgets",
     "LoraScaleExplorer": "widgets",
+    "BlindRating": "rating",
     "prepare_image": "inputs",
     "prepare_mask": "inputs",
     "blend": "inputs",

@@ -587,18 +587,19 @@ class TimeTeller:
                 route, steps=settings.get("num_inference_steps", spec.num_inference_steps),
                 guidance_scale=settings.get("guidance_scale", spec.guidance_scale), size=spec.height)
             if seconds is not None:
-                line += (f" {spec.title} at {spec.height}x{spec.height} would take about {_duration(seconds * count)} "
+                line += (f" {spec.title} at {spec.height}x{spec.height} would take about {duration(seconds * count)} "
                          f"on {route.machine.gpu} with this route (estimate from the H100's measured speed).")
         print(line)
 
     def first_made(self, seconds: float, left: int) -> None:
         """The first picture took `seconds` here; `left` more are to come."""
         if self.verbose and left > 0:
-            print(f"The first picture took {seconds:.1f} s here: about {_duration(seconds * left)} for the {left} "
+            print(f"The first picture took {seconds:.1f} s here: about {duration(seconds * left)} for the {left} "
                   "left (measured).")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Seconds as a reader reads them: 4.2 s, 70 s, 17 min, 1.5 h."""
     if seconds < 10:
         return f"{seconds:.1f} s"
     if seconds < 90:

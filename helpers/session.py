@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from helpers.access import has_token
-from helpers.checks import check_seed, checked, flag, listed
+from helpers.checks import check_seed, checked, flag, listed, number, whole
 from helpers.images import output_dir
 from helpers.machines import MACHINE_VARIABLE, Machine, emulated_machine, live_machine
 from helpers.models import AUTO, MODEL_VARIABLE, MODELS, ModelSpec, get_model, model_setting, model_spec
@@ -32,6 +32,9 @@ NO_GPU_BANNER = (
     "itself, open this notebook on a GPU machine (Colab, SageMaker) with a Hugging Face token."
 )
 T = TypeVar("T")
+EVIDENCE_SEEDS = 6
+"""The fewest paired seeds with which a two-sided sign test can reach p < 0.05: 6 all one way give p = 0.031, 5 give
+0.0625 (helpers.experiments.sign_test_p)."""
 REPORTED_PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "accelerate")
 CHECKED_IN_MEMORY = (*REPORTED_PACKAGES, "peft", "bitsandbytes", "safetensors", "tokenizers", "numpy")
 """Packages whose version in memory must be the one installed (see `check_restart_not_needed`)."""
@@ -120,6 +123,29 @@ class Session:
         asks its question there in the toy's terms: `run.pick(sd35="A group of elves...", toy="a red circle")`.
         """
         return toy if self.model.is_stand_in else sd35
+
+    @checked(toy=whole(1, 10_000), per_seed=whole(1, 1000), minutes=number(0.1, 24 * 60), verbose=flag)
+    def seeds(self, *, toy: int, per_seed: int, minutes: float = 10.0, verbose: bool = True) -> list[int]:
+        """The seeds an experiment runs, each one paired comparison. On an offline model, `toy` of them. On SD3.5,
+        as many as make `per_seed` pictures each in about `minutes` on this machine's route (helpers.bench's
+        estimate), at least EVIDENCE_SEEDS (the fewest with which a sign test can find anything) and at most
+        `toy`; says how many and how long before anything is made. Lower it knowingly: `SEEDS = SEEDS[:3]`."""
+        from helpers.bench import estimated_seconds_per_image
+        from helpers.experiments import duration
+
+        if self.model.is_stand_in:
+            return list(range(toy))
+        spec, route = self.model, self.routes[0]
+        seconds = estimated_seconds_per_image(route, steps=spec.num_inference_steps,
+                                              guidance_scale=spec.guidance_scale, size=spec.height)
+        fit = toy if seconds is None else int(minutes * 60 // (seconds * per_seed))
+        count = max(EVIDENCE_SEEDS, min(toy, fit))
+        if verbose:
+            time = ("" if seconds is None else
+                    f", about {duration(seconds * per_seed * count)} on the {route.machine.gpu} (estimate)")
+            print(f"{count} seeds, {count * per_seed} pictures{time}. At least {EVIDENCE_SEEDS}: with fewer pairs "
+                  "no sign test can reach p < 0.05, so the findings could only say 'no evidence'.")
+        return list(range(count))
 
     @checked(spec=model_spec, offload=option, quantize=option, t5=option)
     def fits(self, spec: ModelSpec, *, offload="auto", quantize="auto", t5="auto") -> bool:

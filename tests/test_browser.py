@@ -105,37 +105,46 @@ IMAGE_DIGEST = """async (element) => {
 }"""
 
 
-def explorer_cell(notebook: str) -> int:
-    """The index of the notebook's last cell that makes an explorer."""
+KERNEL = "window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel"
+
+
+def last_cell_with(notebook: str, marker: str) -> int:
+    """The index of the notebook's last code cell whose source holds `marker`."""
     import json
 
     cells = json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
     return max(index for index, cell in enumerate(cells)
-               if cell["cell_type"] == "code" and "Explorer(" in "".join(cell["source"]))
+               if cell["cell_type"] == "code" and marker in "".join(cell["source"]))
 
 
-def open_and_run_to_explorer(browser, lab, notebook: str):
-    """Open `notebook` in JupyterLab, run its cells from the top down to its last explorer, as a reader reaching the
-    slider has, and wait until the explorer is drawn."""
+def open_and_run_to(browser, lab, notebook: str, marker: str, widget: str):
+    """Open `notebook` in JupyterLab, run its cells from the top down to the last one holding `marker`, as a reader
+    reaching it has, and wait until the widget that cell draws (the last match of the CSS selector `widget`) is
+    there; no cell may have shown an error."""
     base, token = lab
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     page.goto(f"{base}/lab/tree/{notebook}?reset&token={token}")  # reset: no tabs restored from earlier tests
-    kernel = "window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel"
     page.wait_for_function(f"() => window.jupyterapp?.shell.currentWidget?.context?.path === {notebook!r}"
-                           f" && {kernel}?.status === 'idle'", timeout=90_000)
-    # the cells above the explorer's, then its own once they have run (the waits below hold the time limits)
+                           f" && {KERNEL}?.status === 'idle'", timeout=90_000)
+    # the cells above the widget's, then its own once they have run (the waits below hold the time limits)
     page.evaluate(f"""() => {{
         const app = window.jupyterapp;
-        app.shell.currentWidget.content.activeCellIndex = {explorer_cell(notebook)};
+        app.shell.currentWidget.content.activeCellIndex = {last_cell_with(notebook, marker)};
         app.commands.execute('notebook:run-all-above').then(() => app.commands.execute('notebook:run-cell'));
     }}""")
-    explorer = page.locator(".widget-hbox:has(.widget-image):has(button:has-text('Generate'))").last
-    explorer.locator(".widget-image").wait_for(timeout=RUN_ALL_TIMEOUT_MS)
-    page.wait_for_function(f"() => {kernel}?.status === 'idle'", timeout=RUN_ALL_TIMEOUT_MS)
+    found = page.locator(widget).last
+    found.locator(".widget-image").wait_for(timeout=RUN_ALL_TIMEOUT_MS)
+    page.wait_for_function(f"() => {KERNEL}?.status === 'idle'", timeout=RUN_ALL_TIMEOUT_MS)
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Error')")
     assert errors.count() == 0, errors.first.inner_text()
-    explorer.scroll_into_view_if_needed()
-    return page, explorer
+    found.scroll_into_view_if_needed()
+    return page, found
+
+
+def open_and_run_to_explorer(browser, lab, notebook: str):
+    """`open_and_run_to` the notebook's last explorer, as a reader reaching the slider has."""
+    return open_and_run_to(browser, lab, notebook, "Explorer(",
+                           ".widget-hbox:has(.widget-image):has(button:has-text('Generate'))")
 
 
 def move_slider(explorer, label: str, presses: int) -> None:
@@ -188,4 +197,25 @@ def test_moving_a_slider_and_generating_changes_the_picture(browser, lab, tmp_pa
     screenshot = tmp_path / f"{Path(notebook).stem}.png"
     page.screenshot(path=screenshot)
     print(f"screenshot: {screenshot}")
+    page.close()
+
+
+def test_rating_every_picture_blind_unblinds_them_and_gives_the_finding(browser, lab, tmp_path):
+    """Notebook 04's blinded rating as a reader meets it: each picture shown alone and unlabelled, answered with the
+    buttons; after the last answer the arms are named, seed by seed, with the sign test's finding."""
+    from playwright.sync_api import expect
+
+    page, rating = open_and_run_to(browser, lab, "04_negative_prompting.ipynb", "BlindRating(",
+                                   ".widget-vbox:has(.widget-image):has(button:has-text('Yes'))")
+    status = rating.locator(".widget-html").first
+    expect(status).to_contain_text("Picture 1 of 40", timeout=30_000)
+    assert "negative" not in status.inner_text()  # nothing says which arm a picture is from
+    for number in range(1, 41):
+        expect(status).to_contain_text(f"Picture {number} of 40")
+        rating.get_by_role("button", name="Yes" if number % 3 else "No").click()
+    expect(status).to_contain_text("All 40 pictures answered")
+    result = rating.locator(".widget-html").last
+    expect(result).to_contain_text("Found, negative 'a circle' against no negative")
+    assert "sign test p =" in result.inner_text() and result.locator("tr").count() == 21  # a header, 20 seeds
+    page.screenshot(path=tmp_path / "04-rating.png")
     page.close()

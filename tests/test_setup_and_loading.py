@@ -297,3 +297,26 @@ def test_a_notebook_about_the_toy_runs_it_as_itself_on_the_emulated_machine(monk
     monkeypatch.setenv("SD35_MACHINE", "colab-t4")
     run = setup(about="toy", verbose=False)
     assert run.model is MODELS["toy"] and run.dtype == torch.float16 and run.routes[0].machine.name == "colab-t4"
+
+
+def test_sd35_experiments_get_the_seeds_a_finding_needs_and_say_what_they_cost(monkeypatch, capsys):
+    """On SD3.5, `run.seeds` sizes an experiment to about 10 minutes of this machine's route, never under the 6
+    pairs with which a sign test can reach p < 0.05, and says so before anything is made; the toy keeps its count."""
+    import dataclasses
+
+    from helpers.experiments import sign_test_p
+    from helpers.session import EVIDENCE_SEEDS
+
+    monkeypatch.setenv("SD35_MACHINE", "h100")
+    run = setup(about="large", verbose=False)
+    assert run.seeds(toy=20, per_seed=4) == list(range(20)) and capsys.readouterr().out == ""
+    assert sign_test_p(EVIDENCE_SEEDS, EVIDENCE_SEEDS) < 0.05 <= sign_test_p(EVIDENCE_SEEDS - 1, EVIDENCE_SEEDS - 1)
+    counts = {}
+    for machine in ("h100", "colab-t4"):
+        sd35 = dataclasses.replace(run, models=(MODELS["large"],), routes=(plan_route("large", machine=machine),))
+        counts[machine] = len(sd35.seeds(toy=20, per_seed=4))
+        said = capsys.readouterr().out
+        assert f"{counts[machine]} seeds, {4 * counts[machine]} pictures, about " in said and "(estimate)" in said
+    assert counts["colab-t4"] == EVIDENCE_SEEDS < counts["h100"] <= 20  # the floor on a T4, more on an H100
+    with pytest.raises(ValueError, match="per_seed=0"):
+        run.seeds(toy=20, per_seed=0)

@@ -43,7 +43,8 @@ def _missing() -> str | None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """A running JupyterLab serving a copy of notebooks/: yields its base URL and token; stopped afterwards."""
+    """A running JupyterLab serving a copy of notebooks/: yields its base URL, its token and the served folder;
+    stopped afterwards."""
     missing = _missing()
     if missing:
         if os.environ.get("SD35_REQUIRE_BROWSER") == "1":
@@ -77,7 +78,7 @@ def lab(tmp_path_factory):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"JupyterLab did not start; see {scratch / 'lab.log'}")
             time.sleep(0.5)
-        yield base, token
+        yield base, token, served
     finally:
         server.terminate()
         try:
@@ -117,11 +118,11 @@ def last_cell_with(notebook: str, marker: str) -> int:
                if cell["cell_type"] == "code" and marker in "".join(cell["source"]))
 
 
-def open_and_run_to(browser, lab, notebook: str, marker: str, widget: str):
-    """Open `notebook` in JupyterLab, run its cells from the top down to the last one holding `marker`, as a reader
-    reaching it has, and wait until the widget that cell draws (the last match of the CSS selector `widget`) is
-    there; no cell may have shown an error."""
-    base, token = lab
+def open_and_run_to(browser, lab, notebook: str, marker: str, widget: str, cell: int | None = None):
+    """Open `notebook` in JupyterLab, run its cells from the top down to the last one holding `marker` (or to the
+    cell numbered `cell`), as a reader reaching it has, and wait until the widget that cell draws (the last match of
+    the CSS selector `widget`) is there; no cell may have shown an error."""
+    base, token, _ = lab
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     page.goto(f"{base}/lab/tree/{notebook}?reset&token={token}")  # reset: no tabs restored from earlier tests
     page.wait_for_function(f"() => window.jupyterapp?.shell.currentWidget?.context?.path === {notebook!r}"
@@ -129,7 +130,7 @@ def open_and_run_to(browser, lab, notebook: str, marker: str, widget: str):
     # the cells above the widget's, then its own once they have run (the waits below hold the time limits)
     page.evaluate(f"""() => {{
         const app = window.jupyterapp;
-        app.shell.currentWidget.content.activeCellIndex = {last_cell_with(notebook, marker)};
+        app.shell.currentWidget.content.activeCellIndex = {last_cell_with(notebook, marker) if cell is None else cell};
         app.commands.execute('notebook:run-all-above').then(() => app.commands.execute('notebook:run-cell'));
     }}""")
     found = page.locator(widget).last
@@ -200,22 +201,51 @@ def test_moving_a_slider_and_generating_changes_the_picture(browser, lab, tmp_pa
     page.close()
 
 
+RATING_NOTEBOOK = """from PIL import Image
+
+from helpers import BlindRating
+
+red = [Image.new("RGB", (64, 64), (220, 30, 30)) for _ in range(6)]
+blue = [Image.new("RGB", (64, 64), (30, 30, 220)) for _ in range(6)]
+rating = BlindRating(red, blue, "Is it red?", names=("made red", "made blue"), seed=0)
+rating"""
+
+
 def test_rating_every_picture_blind_unblinds_them_and_gives_the_finding(browser, lab, tmp_path):
-    """Notebook 04's blinded rating as a reader meets it: each picture shown alone and unlabelled, answered with the
-    buttons; after the last answer the arms are named, seed by seed, with the sign test's finding."""
+    """The blinded rating (notebook 04's cake question) as a reader meets it, on twelve plain pictures: each shown
+    alone and unlabelled, answered with the buttons by what it shows; after the last answer the arms are named, seed
+    by seed, with the sign test's finding."""
+    import json
+
     from playwright.sync_api import expect
 
-    page, rating = open_and_run_to(browser, lab, "04_negative_prompting.ipynb", "BlindRating(",
-                                   ".widget-vbox:has(.widget-image):has(button:has-text('Yes'))")
+    _, _, served = lab
+    notebook = {"cells": [{"cell_type": "code", "execution_count": None, "id": "rating", "metadata": {},
+                           "outputs": [], "source": RATING_NOTEBOOK}],
+                "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+                "nbformat": 4, "nbformat_minor": 5}
+    (served / "rating.ipynb").write_text(json.dumps(notebook))
+    page, rating = open_and_run_to(browser, lab, "rating.ipynb", "BlindRating(",
+                                   ".widget-vbox:has(.widget-image):has(button:has-text('Yes'))",
+                                   cell=0)
     status = rating.locator(".widget-html").first
-    expect(status).to_contain_text("Picture 1 of 40", timeout=30_000)
-    assert "negative" not in status.inner_text()  # nothing says which arm a picture is from
-    for number in range(1, 41):
-        expect(status).to_contain_text(f"Picture {number} of 40")
-        rating.get_by_role("button", name="Yes" if number % 3 else "No").click()
-    expect(status).to_contain_text("All 40 pictures answered")
+    image = rating.locator(".widget-image")
+    for number in range(1, 13):
+        expect(status).to_contain_text(f"Picture {number} of 12")
+        assert "made" not in status.inner_text()  # nothing says which arm a picture is from
+        red = image.evaluate("""async (element) => {
+            const bitmap = await createImageBitmap(await (await fetch(element.src)).blob());
+            const canvas = new OffscreenCanvas(1, 1);
+            const context = canvas.getContext("2d");
+            context.drawImage(bitmap, 0, 0);
+            const [r, g, b] = context.getImageData(0, 0, 1, 1).data;
+            return r > b;
+        }""")
+        rating.get_by_role("button", name="Yes" if red else "No").click()
+    expect(status).to_contain_text("All 12 pictures answered")
     result = rating.locator(".widget-html").last
-    expect(result).to_contain_text("Found, negative 'a circle' against no negative")
-    assert "sign test p =" in result.inner_text() and result.locator("tr").count() == 21  # a header, 20 seeds
-    page.screenshot(path=tmp_path / "04-rating.png")
+    expect(result).to_contain_text("Yes for 6 of 6 pictures made red, 0 of 6 made blue")
+    assert "Found, made blue against made red" in result.inner_text() and "sign test p = 0.031" in result.inner_text()
+    assert result.locator("tr").count() == 7  # a header, then 6 seeds
+    page.screenshot(path=tmp_path / "rating.png")
     page.close()

@@ -221,6 +221,8 @@ ENTRIES = [
     Entry("LoraScaleExplorer", _explorer("LoraScaleExplorer"),
           lambda: {"pipe": made("t2i-lora"), "model": "tiny", **PROMPTING, "scale": 0.5, "height": 32, "width": 32,
                    "folder": scratch(), "max_steps": 4}),
+    Entry("BlindRating", _h("BlindRating"), lambda: {"first": [RGB, RGB], "second": [RGB, RGB], "question": "Red?",
+                                                      "names": ("without", "with"), "seed": 0}),
     Entry("prepare_image", _h("prepare_image"), lambda: {"source": RGB, "longest": 64},
           aliases={"source": ("image",)}),
     Entry("prepare_mask", _h("prepare_mask"), lambda: {"source": MASK, "image_size": (32, 32), "grow": 2,

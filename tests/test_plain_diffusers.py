@@ -69,11 +69,15 @@ def test_notebook_01s_from_pretrained_gives_load_pipelines_pixels(machine):
     assert np.array_equal(picture(pipe), picture(load_pipeline(run.model)))
 
 
+NF4_CELLS = ("quantization_config=BitsAndBytesConfig(**nf4)", "T5EncoderModel.from_pretrained(", "**parts, **files)")
+"""Notebook 02's cells that load the NF4 route in plain diffusers: the transformer, T5, then the pipeline."""
+
+
 @pytest.mark.parametrize("machine", [None, "colab-t4"], indirect=True)
 def test_notebook_02s_nf4_code_gives_load_pipelines_pixels(machine):
     from helpers import count_4bit_layers, load_pipeline
 
-    found = run_cells("02_nf4_quantization_and_offload.ipynb", "BitsAndBytesConfig(**nf4)")
+    found = run_cells("02_nf4_quantization_and_offload.ipynb", *NF4_CELLS)
     run, route, pipe = found["run"], found["route"], found["pipe"]
     assert count_4bit_layers(pipe.transformer) > 0 and pipe.dtype == route.torch_dtype
     assert (pipe.text_encoder_3 is None) == (route.t5 == "drop")
@@ -90,7 +94,7 @@ def test_notebook_02s_nf4_code_quantizes_t5_where_the_route_does(monkeypatch):
     from helpers import load_pipeline
 
     monkeypatch.setenv("SD35_MACHINE", "colab-t4")
-    namespace = run_cells("02_nf4_quantization_and_offload.ipynb", "BitsAndBytesConfig(**nf4)",
+    namespace = run_cells("02_nf4_quantization_and_offload.ipynb", *NF4_CELLS,
                           edit=('setup(about="large")', 'setup(about="medium")'))
     route, pipe = namespace["route"], namespace["pipe"]
     assert route.t5 == "nf4"

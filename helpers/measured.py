@@ -18,6 +18,11 @@ DATES = "dates.json"
 """The date of each report measured before gpu_check wrote its own date (file name -> YYYY-MM-DD)."""
 
 
+CHECK_WORDS = {"nf4": "NF4 transformer"}
+"""What a check's name says of its cases that their own names leave out: check 'large-nf4-model-offload', case
+'model offload'."""
+
+
 @dataclass(frozen=True)
 class MeasuredCase:
     """One timed case of a gpu_check report."""
@@ -39,8 +44,14 @@ class MeasuredCase:
     report: str
     """The report file it comes from."""
 
+    @property
+    def label(self) -> str:
+        """The case's name, with what its check's name adds to it (e.g. 'NF4 transformer, model offload')."""
+        said = [words for key, words in CHECK_WORDS.items() if key in self.check.split("-") and words not in self.case]
+        return ", ".join([*said, self.case])
+
     def row(self) -> dict[str, object]:
-        return {"model": self.model, "case": self.case, "steps": self.steps, "s per image": f"{self.seconds:.2f}",
+        return {"model": self.model, "case": self.label, "steps": self.steps, "s per image": f"{self.seconds:.2f}",
                 "timed runs": self.runs,
                 "GPU peak (GB)": "-" if self.gpu_peak_gb is None else f"{self.gpu_peak_gb:.1f}",
                 "host RAM (GB)": "-" if self.host_gb is None else f"{self.host_gb:.1f}"}

@@ -47,3 +47,11 @@ def test_notebook_03s_summary_quotes_what_was_measured():
     offloaded = measured_case("large-nf4-model-offload", "model offload")
     assert f"cost Large {nf4.seconds / large.seconds - 1:.0%}" in summary
     assert f"added {offloaded.seconds - nf4.seconds:.1f} s" in summary
+
+
+def test_a_row_says_what_its_check_adds_to_the_case():
+    """Notebook 03's table: the NF4 offload case is labelled with its NF4 transformer, which only its check's name
+    says; a case that names it already is left as it is."""
+    assert measured_case("large-nf4-model-offload", "model offload").row()["case"] == "NF4 transformer, model offload"
+    assert measured_case("large", "NF4 transformer on the GPU").row()["case"] == "NF4 transformer on the GPU"
+    assert measured_case("medium-model-offload", "model offload").row()["case"] == "model offload"

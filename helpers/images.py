@@ -265,6 +265,15 @@ def _grid_rows(images: Any, name: str) -> list[list[Image.Image]]:
     return rows
 
 
+def _wrapped(label: str, inches: float, points: float) -> str:
+    """`label` broken into lines that fit `inches` at a font of `points` (a character is about 0.6 of its size), so
+    the labels of neighbouring pictures do not run into each other; its own line breaks are kept."""
+    import textwrap
+
+    width = max(6, int(inches * 72 / (points * 0.6)))
+    return "\n".join(textwrap.fill(line, width=width) if line else "" for line in label.split("\n"))
+
+
 @checked(images=_grid_rows, column_labels=optional(listed(text, 0)), row_labels=optional(listed(text, 0)),
          title=optional(text), cell_inches=optional(number(0.2, 10)))
 def image_grid(
@@ -287,6 +296,7 @@ def image_grid(
             raise ValueError(f"{name} has {len(labels)} labels for {expected} {name.split('_')[0]}s.")
 
     cell_inches = cell_inches or min(3.0, 16.0 / columns)
+    size = 10 if cell_inches >= 2 else 7
     figure, axes = unshown_subplots(
         len(rows), columns, squeeze=False, figsize=(cell_inches * columns, cell_inches * len(rows) + (0.4 if title else 0))
     )
@@ -302,9 +312,9 @@ def image_grid(
             else:
                 axis.set_axis_off()
             if column_labels is not None and r == 0:
-                axis.set_title(column_labels[c], fontsize=10 if cell_inches >= 2 else 7)
+                axis.set_title(_wrapped(column_labels[c], cell_inches, size), fontsize=size)
             if row_labels is not None and c == 0:
-                axis.set_ylabel(row_labels[r], fontsize=10 if cell_inches >= 2 else 7)
+                axis.set_ylabel(_wrapped(row_labels[r], cell_inches, size), fontsize=size)
     if title:
         figure.suptitle(title)
     figure.tight_layout()

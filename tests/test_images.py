@@ -1,5 +1,7 @@
 """Saving images with their settings, never overwriting, and labelled grids."""
 
+import itertools
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,6 +75,27 @@ def test_grid_has_one_panel_per_image_with_labels():
     assert len(axes) == 6
     assert [axis.get_title() for axis in axes[:3]] == ["1.0", "4.5", "7.0"]
     assert [axes[0].get_ylabel(), axes[3].get_ylabel()] == ["seed 0", "seed 1"]
+
+
+def test_long_labels_are_wrapped_within_their_picture_and_do_not_meet():
+    """Notebook 11's grid of eight captions: each label broken into lines no wider than its picture, as drawn."""
+    captions = [f"a {colour} ring on a {background} background" for colour, background in
+                zip(("red", "yellow", "white", "green", "blue", "purple", "red", "white"),
+                    ("blue", "green", "purple", "yellow", "white", "green", "yellow", "blue"), strict=True)]
+    figure = image_grid([picture(i) for i in range(8)], column_labels=captions)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    axes = figure.get_axes()
+    for axis, caption in zip(axes, captions, strict=True):
+        assert axis.get_title().replace("\n", " ") == caption and "\n" in axis.get_title()
+        assert axis.title.get_window_extent(renderer).width <= axis.get_window_extent(renderer).width * 1.05
+    extents = [axis.title.get_window_extent(renderer) for axis in axes]
+    assert all(left.x1 <= right.x0 for left, right in itertools.pairwise(extents))
+    kept = image_grid([[picture()], [picture()]], row_labels=["negative:\na blue\nbackground", "none"])
+    assert kept.get_axes()[0].get_ylabel() == "negative:\na blue\nbackground"  # its own breaks kept
 
 
 def test_flat_list_is_one_row():

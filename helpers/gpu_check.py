@@ -641,7 +641,6 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
         Speedups,
         cache_attention,
         machine_refusal,
-        quantize_fp8,
         remove_attention_cache,
         speed_report,
         speed_up,
@@ -664,16 +663,15 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
 
     def apply(pipe, speed: Speedups, already: Speedups) -> list[str]:
         """Add to `pipe` what `speed` has and `already` has not (the compiled rungs add up); what was applied."""
-        applied = []
-        if speed.fp8 and not already.fp8:
-            quantize_fp8(pipe.transformer)
-            tuning = torch._inductor.config.coordinate_descent_tuning  # torchao's default would turn it on
-            applied.append(f"FP8 linear layers (inductor's coordinate-descent tuning {'on' if tuning else 'off'})")
         added = Speedups(compile=None if already.compile else speed.compile,
-                         compile_vae=speed.compile_vae and not already.compile_vae)
-        if added.any:
-            speed_up(pipe, added)
-            applied += speed_report(pipe).applied
+                         compile_vae=speed.compile_vae and not already.compile_vae, fp8=speed.fp8 and not already.fp8)
+        if not added.any:
+            return []
+        speed_up(pipe, added)
+        applied = list(speed_report(pipe).applied)
+        if added.fp8:  # torchao's default would have turned it on for the whole process
+            tuning = torch._inductor.config.coordinate_descent_tuning
+            applied.append(f"inductor's coordinate-descent tuning {'on' if tuning else 'off'}")
         return applied
 
     def measured(record, pipe, call_model: str, call_steps: int, guidance: float, label: str):
@@ -728,7 +726,7 @@ def check_speed_ladder(recorder: Recorder, model: str, *, size: int = SIZE, step
     if turbo is None or fastest is None:
         return
     settings, speed = get_model(turbo), fastest[1]
-    with recorder.case(f"{get_model(turbo).title}'s settings at {speed.describe()}", model=turbo) as record:
+    with recorder.case(f"{settings.title}'s settings at {speed.describe()}", model=turbo) as record:
         if applied != speed:  # the pipeline moved past the fastest rung (or a later rung failed): build it again
             del pipe
             _free_memory()

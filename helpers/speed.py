@@ -247,7 +247,7 @@ def speed_up(pipe, speed: Speedups, *, run_everything: bool = True) -> SpeedRepo
 VAE_COMPILED = "VAE decoder channels-last, compiled"
 
 
-def compile_vae_decoder(decoder, report: SpeedReport | None = None) -> None:
+def compile_vae_decoder(decoder, report: SpeedReport) -> None:
     """Compile the VAE decoder's forward, in channels-last memory format. Compiling happens at the first decode; if
     it fails there (no C++ compiler, an operation inductor cannot lower), the decoder is put back as it was (its
     own forward, the default memory format) before the error is raised, so the calls after it decode uncompiled
@@ -266,15 +266,14 @@ def compile_vae_decoder(decoder, report: SpeedReport | None = None) -> None:
         except TorchDynamoException as error:
             del decoder.forward  # the class's own forward again
             decoder.to(memory_format=torch.contiguous_format)
-            if report is not None and VAE_COMPILED in report.applied:
+            if VAE_COMPILED in report.applied:
                 report.applied.remove(VAE_COMPILED)
             raise RuntimeError(f"Compiling the VAE decoder failed ({type(error).__name__}: "
                                f"{str(error).splitlines()[0][:300]}). The decoder runs uncompiled again: call the "
                                "pipeline again, or leave compile_vae out.") from error
 
     decoder.forward = forward
-    if report is not None:
-        report.applied.append(VAE_COMPILED)
+    report.applied.append(VAE_COMPILED)
 
 
 def fp8_config():
